@@ -1,0 +1,1 @@
+"""The web service: a FastAPI app over the ML core in ``model``."""

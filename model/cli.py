@@ -1,0 +1,188 @@
+"""Command-line subcommands of the ML core: ``train``, ``eval`` and ``embed``.
+
+``app.cli`` adds ``serve`` and is the ``triplet-embed`` entry point; keeping these here lets
+the ML core run without the web service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from model.config import ModelType, Stem
+from model.data import discover, load, split
+from model.embedding import Embedder, bf16_supported
+from model.mining import STRATEGIES
+from model.preprocessing import ImageDecodeError, load_image_file
+from model.training import TrainRecipe, evaluate, train
+
+DEFAULT_DATA = Path("../shared/data")
+
+
+def _classes(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError("--classes needs at least two names")
+    return names
+
+
+def add_subcommands(sub: Any) -> None:
+    """Registers ``train``, ``eval`` and ``embed`` on an ``argparse`` subparsers object."""
+    t = sub.add_parser("train", help="train an embedding model on folders of labelled images")
+    t.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="folder of class folders (repeatable; classes merge by name)",
+    )
+    t.add_argument("--classes", type=_classes, help="comma-separated class names to use")
+    t.add_argument("--max-per-class", type=int)
+    t.add_argument("--val-fraction", type=float, default=0.2)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--model-type", choices=get_args(ModelType), default="triplet")
+    t.add_argument("--mining", choices=STRATEGIES, default="all")
+    t.add_argument("--margin", type=float, help="default 0.2, or 1.0 for siamese")
+    t.add_argument("--embedding-dim", type=int, default=128)
+    t.add_argument("--stem", choices=get_args(Stem), default="stride2")
+    t.add_argument("--input-size", type=int, default=32)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--classes-per-batch", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--augmentation", choices=["strong", "light"], default="strong")
+    t.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: on where the CPU has native bf16)",
+    )
+    t.add_argument(
+        "--pretrained",
+        type=Path,
+        help="local torchvision resnet18 state dict (ImageNet); never downloaded",
+    )
+    t.add_argument("--init-from", type=Path, help="model directory to fine-tune")
+    t.add_argument("--out", type=Path, required=True, help="model directory to write")
+    t.set_defaults(handler=run_train)
+
+    e = sub.add_parser("eval", help="measure a model: precision@1, MAP@R, k-means purity/NMI/ARI")
+    e.add_argument("--model", type=Path, required=True)
+    e.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        help="folders split as in training: validation images query the training ones",
+    )
+    e.add_argument("--queries", type=Path, action="append", help="folders of query images")
+    e.add_argument("--gallery", type=Path, action="append", help="folders of gallery images")
+    e.add_argument("--classes", type=_classes)
+    e.add_argument("--max-per-class", type=int)
+    e.add_argument("--val-fraction", type=float, default=0.2)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(handler=run_eval)
+
+    m = sub.add_parser("embed", help="print the embedding of each image as JSON lines")
+    m.add_argument("--model", type=Path, required=True)
+    m.add_argument("images", type=Path, nargs="+")
+    m.set_defaults(handler=run_embed)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    margin = (
+        args.margin if args.margin is not None else (1.0 if args.model_type == "siamese" else 0.2)
+    )
+    bf16 = bf16_supported() if args.bf16 is None else args.bf16
+    recipe = TrainRecipe(
+        data=[str(d) for d in args.data],
+        classes=args.classes,
+        max_per_class=args.max_per_class,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        model_type=args.model_type,
+        mining=args.mining,
+        margin=margin,
+        embedding_dim=args.embedding_dim,
+        stem=args.stem,
+        input_size=args.input_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        classes_per_batch=args.classes_per_batch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        augmentation=args.augmentation,
+        bf16=bf16,
+        pretrained=str(args.pretrained) if args.pretrained else None,
+        init_from=str(args.init_from) if args.init_from else None,
+    )
+
+    def report(event: dict[str, Any]) -> None:
+        if event["event"] == "step":
+            print(
+                f"\repoch {event['epoch']} step {event['step']}/{event['steps']} "
+                f"loss {event['loss']:.4f}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif event["event"] in ("epoch", "data"):
+            print("\n" + json.dumps(event), file=sys.stderr, flush=True)
+
+    card = train(recipe, args.out, on_event=report)
+    print(json.dumps({"version": card.version, "out": str(args.out), "metrics": card.metrics}))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    embedder = Embedder.from_dir(args.model)
+    config = embedder.config
+    if args.data:
+        samples = discover(args.data, args.classes, args.max_per_class, args.seed)
+        gallery_samples, query_samples = split(samples, args.val_fraction, args.seed)
+    elif args.queries and args.gallery:
+        query_samples = discover(args.queries, args.classes, args.max_per_class, args.seed)
+        gallery_samples = discover(args.gallery, args.classes, args.max_per_class, args.seed)
+    elif args.queries:
+        query_samples = discover(args.queries, args.classes, args.max_per_class, args.seed)
+        gallery_samples = []
+    else:
+        print("eval needs --data, or --queries (with or without --gallery)", file=sys.stderr)
+        return 2
+    classes = sorted({s.label for s in [*query_samples, *gallery_samples]})
+    queries = load(query_samples, config.input_size, classes)
+    gallery = load(gallery_samples, config.input_size, classes) if gallery_samples else None
+    metrics = evaluate(embedder, queries, gallery, seed=args.seed)
+    result = {
+        "model": embedder.card.version if embedder.card else None,
+        "gallery": len(gallery) if gallery is not None else 0,
+        **metrics,
+        "queries": len(queries),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    embedder = Embedder.from_dir(args.model)
+    status = 0
+    for path in args.images:
+        try:
+            image = load_image_file(path, target_size=embedder.config.input_size)
+        except (ImageDecodeError, OSError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        vector = embedder.embed_images([image])[0]
+        print(json.dumps({"file": str(path), "vector": [round(float(x), 6) for x in vector]}))
+    return status
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -1,0 +1,152 @@
+"""One definition of image decoding and preprocessing, shared by training, evaluation and serving.
+
+Decoding is defensive because serving feeds it untrusted uploads: the format is decided by
+content against an allow-list, the pixel count is checked from the header before any pixel
+is decoded, and only the first frame of animated images is used.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from model.config import ModelConfig
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not an acceptable image. ``reason`` is one of
+    ``unsupported`` (not an image, or a format outside the allow-list), ``corrupt`` and
+    ``too_large`` (more pixels than allowed)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def decode_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+) -> Image.Image:
+    """Decodes bytes into an upright RGB image.
+
+    ``target_size`` lets JPEG decoding downscale in the decoder (draft mode) when the model
+    only needs a small image; the result is still at least ``target_size`` on its short side.
+    """
+    if not data:
+        raise ImageDecodeError("corrupt", "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            "unsupported", f"not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})"
+        ) from exc
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError("too_large", "image has too many pixels") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError("corrupt", f"unreadable image: {exc}") from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError("corrupt", "image has no pixels")
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            "too_large", f"image has {width * height} pixels, more than {max_pixels}"
+        )
+    try:
+        if target_size is not None and image.format == "JPEG":
+            image.draft("RGB", (target_size, target_size))
+        image.load()  # GIF and WebP: the first frame only
+        image = ImageOps.exif_transpose(image) or image
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError("corrupt", f"unreadable image: {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Converts any mode to 8-bit RGB; transparency is composited onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        eight_bit = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        image = Image.fromarray(eight_bit, mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image_file(path: Path, target_size: int | None = None) -> Image.Image:
+    """Reads and decodes an image file with the same rules as uploads."""
+    return decode_image(path.read_bytes(), target_size=target_size)
+
+
+def to_square_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """Resizes the short side to ``size`` and centre-crops to a ``uint8`` ``(3, size, size)``."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def prepare(image: Image.Image, config: ModelConfig) -> torch.Tensor:
+    """The serving path: a decoded image to a ``uint8`` tensor at the model's input size."""
+    return to_square_tensor(image, config.input_size)
+
+
+def normalize(batch: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """``uint8`` batch ``(N, 3, S, S)`` to the float input the network expects."""
+    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+    batch = batch.float().div_(255.0)
+    if batch.shape[-1] != config.input_size or batch.shape[-2] != config.input_size:
+        batch = F.interpolate(
+            batch, size=(config.input_size, config.input_size), mode="bilinear", antialias=True
+        )
+    return (batch - mean) / std
+
+
+def build_augmentation(size: int, strength: str = "strong") -> v2.Compose:
+    """Training augmentation on ``uint8`` tensors at the model's input size.
+
+    ``strong``: random resized crops (35-100 % of the area), flips, colour jitter and
+    grayscale, which suits small inputs where a pad-and-crop alone overfits quickly;
+    ``light``: crops of 70-100 % and flips only.
+    """
+    if strength == "light":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.1),
+        ]
+    )
+
+
+def augment_batch(batch: torch.Tensor, augmentation: v2.Compose) -> torch.Tensor:
+    """Applies ``augmentation`` independently to every image of a ``uint8`` batch."""
+    return torch.stack([augmentation(image) for image in batch])
