@@ -41,6 +41,13 @@ def decode_image(
     ``target_size`` lets JPEG decoding downscale in the decoder (draft mode) when the model
     only needs a small image; the result is still at least ``target_size`` on its short side.
     """
+    return decode_with_format(data, max_pixels=max_pixels, target_size=target_size)[0]
+
+
+def decode_with_format(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+) -> tuple[Image.Image, str]:
+    """:func:`decode_image`, also returning the detected format (one of ``ALLOWED_FORMATS``)."""
     if not data:
         raise ImageDecodeError("corrupt", "empty file")
     try:
@@ -66,8 +73,9 @@ def decode_image(
         if target_size is not None and image.format == "JPEG":
             image.draft("RGB", (target_size, target_size))
         image.load()  # GIF and WebP: the first frame only
+        image_format = str(image.format)
         image = ImageOps.exif_transpose(image) or image
-        return _to_rgb(image)
+        return _to_rgb(image), image_format
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError("corrupt", f"unreadable image: {exc}") from exc
 

@@ -1,0 +1,1 @@
+"""HTTP layer: schemas, dependencies and one router per resource."""

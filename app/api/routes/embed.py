@@ -1,0 +1,46 @@
+"""Embedding uploaded images without storing them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import ServicesDep
+from app.api.responses import UPLOAD_ERRORS
+from app.api.schemas import Embedding, EmbedResponse
+from app.api.uploads import read_files
+
+router = APIRouter(tags=["embeddings"])
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    summary="Embed images",
+    responses=UPLOAD_ERRORS,
+)
+async def embed(
+    services: ServicesDep,
+    files: Annotated[list[UploadFile], File(description="one or more images")],
+) -> EmbedResponse:
+    raw = await read_files(files, services.settings.max_files)
+    snapshot = services.runtime.snapshot
+
+    def work() -> list[list[float]]:
+        uploads = services.runtime.decode(raw, snapshot.embedder.config.input_size)
+        vectors = services.runtime.embed_images(snapshot.embedder, [u.image for u in uploads])
+        services.metrics.batch_size.observe(len(uploads))
+        services.metrics.images_embedded.inc(len(uploads))
+        return vectors.tolist()
+
+    vectors = await run_in_threadpool(work)
+    return EmbedResponse(
+        model_version=snapshot.version,
+        dim=snapshot.embedder.dim,
+        embeddings=[
+            Embedding(filename=name, vector=vector)
+            for (name, _), vector in zip(raw, vectors, strict=True)
+        ],
+    )

@@ -1,0 +1,72 @@
+"""The active model, model versions and activation."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import ServicesDep
+from app.api.schemas import Activation, ModelInfo, ModelVersion, ModelVersionList
+from app.errors import Conflict, NotFound
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/model", response_model=ModelInfo, summary="The active model and its metrics")
+def active_model(services: ServicesDep) -> ModelInfo:
+    snapshot = services.runtime.snapshot
+    config = snapshot.card.config
+    return ModelInfo(
+        version=snapshot.version,
+        backbone=config.backbone,
+        model_type=config.model_type,
+        embedding_dim=config.embedding_dim,
+        input_size=config.input_size,
+        stem=config.stem,
+        labels=list(config.labels),
+        trained_at=snapshot.card.trained_at,
+        precision=snapshot.embedder.precision,
+        metrics=snapshot.card.metrics,
+    )
+
+
+@router.get("/models", response_model=ModelVersionList, summary="All model versions")
+def list_models(services: ServicesDep) -> ModelVersionList:
+    return ModelVersionList(
+        models=[ModelVersion(**m) for m in services.models.versions()],
+        activating=services.models.activating,
+        last_activation=services.models.last_activation,
+    )
+
+
+@router.post(
+    "/models/{version}/activate",
+    response_model=Activation,
+    summary="Activate a model version (re-embeds every item, then swaps)",
+    responses={
+        202: {"description": "activation started in the background"},
+        404: {"description": "unknown version"},
+        409: {"description": "another activation or a training job is in progress"},
+    },
+)
+async def activate(
+    version: str,
+    services: ServicesDep,
+    response: Response,
+    wait: Annotated[bool, Query(description="answer only when the new model is active")] = False,
+) -> Activation:
+    if services.models.versions_by_id().get(version) is None:
+        raise NotFound(f"model version {version!r} not found")
+    if services.runtime.snapshot.version == version:
+        return Activation(version=version, status="active")
+    if wait:
+        result = await run_in_threadpool(services.models.activate, version)
+        return Activation(status="active", **result)
+    if services.models.activating is not None:
+        raise Conflict(f"model {services.models.activating} is being activated")
+    threading.Thread(target=services.models.activate_logged, args=(version,), daemon=True).start()
+    response.status_code = status.HTTP_202_ACCEPTED
+    return Activation(version=version, status="activating")

@@ -1,0 +1,114 @@
+"""Training jobs: start, list, read, cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.api.deps import ServicesDep
+from app.api.responses import CONFLICT, NOT_FOUND, UPLOAD_ERRORS
+from app.api.schemas import Job, JobList, TrainRequest
+from app.errors import BadRequest, UnsupportedMedia
+
+router = APIRouter(prefix="/train", tags=["training"])
+
+OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/TrainRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["archive"],
+                    "properties": {
+                        "archive": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "zip of class folders: <label>/<image>",
+                        },
+                        "params": {
+                            "type": "string",
+                            "description": "TrainRequest as JSON (its dataset is ignored)",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _request(data: Any) -> TrainRequest:
+    try:
+        return TrainRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Job,
+    summary="Start a training job (in its own process)",
+    openapi_extra=OPENAPI_BODY,
+    responses={**UPLOAD_ERRORS, **CONFLICT},
+)
+async def start(request: Request, services: ServicesDep) -> Job:
+    content_type = request.headers.get("content-type", "")
+    archive: bytes | None = None
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("archive")
+            if not isinstance(upload, UploadFile):
+                raise BadRequest("multipart training needs a zip file in the 'archive' field")
+            raw_params = form.get("params") or "{}"
+            if not isinstance(raw_params, str):
+                raise BadRequest("'params' must be a JSON text field")
+            try:
+                params = json.loads(raw_params)
+            except json.JSONDecodeError as exc:
+                raise BadRequest(f"params is not valid JSON: {exc.msg}") from exc
+            if not isinstance(params, dict):
+                raise BadRequest("params must be a JSON object")
+            body = _request({**params, "dataset": {"source": "archive"}})
+            archive = await upload.read()
+    elif content_type.startswith("application/json"):
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            raise BadRequest("request body is not valid JSON") from exc
+        body = _request(data)
+        if body.dataset.source == "archive":
+            raise BadRequest("an archive dataset is uploaded as multipart 'archive'")
+    else:
+        raise UnsupportedMedia("send JSON, or multipart/form-data with an 'archive'")
+    job = await run_in_threadpool(services.jobs.start, body.model_dump(), archive)
+    return Job.model_validate(job)
+
+
+@router.get("", response_model=JobList, summary="List training jobs")
+async def list_jobs(services: ServicesDep) -> JobList:
+    jobs = await run_in_threadpool(services.jobs.list)
+    return JobList(jobs=[Job.model_validate(j) for j in jobs])
+
+
+@router.get("/{job_id}", response_model=Job, summary="A training job", responses=NOT_FOUND)
+async def get_job(job_id: str, services: ServicesDep) -> Job:
+    return Job.model_validate(await run_in_threadpool(services.jobs.get, job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=Job,
+    summary="Cancel a running training job",
+    responses={**NOT_FOUND, **CONFLICT},
+)
+async def cancel_job(job_id: str, services: ServicesDep) -> Job:
+    return Job.model_validate(await run_in_threadpool(services.jobs.cancel, job_id))

@@ -1,0 +1,194 @@
+"""Request and response bodies of the HTTP API (DESIGN.md, "HTTP API (v1)")."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Status(BaseModel):
+    status: str
+
+
+class ModelInfo(BaseModel):
+    version: str
+    backbone: str
+    model_type: str
+    embedding_dim: int
+    input_size: int
+    stem: str
+    labels: list[str]
+    trained_at: str
+    precision: str
+    metrics: dict[str, Any]
+
+
+class ModelVersion(BaseModel):
+    version: str
+    active: bool
+    source: str
+    created_at: str
+    trained_at: str | None
+    model_type: str
+    metrics: dict[str, Any]
+
+
+class ModelVersionList(BaseModel):
+    models: list[ModelVersion]
+    activating: str | None
+    last_activation: dict[str, Any]
+
+
+class Activation(BaseModel):
+    version: str
+    status: Literal["activating", "active"]
+    reembedded: int | None = None
+    seconds: float | None = None
+
+
+class Embedding(BaseModel):
+    filename: str
+    vector: list[float]
+
+
+class EmbedResponse(BaseModel):
+    model_version: str
+    dim: int
+    embeddings: list[Embedding]
+
+
+class ItemSummary(BaseModel):
+    id: int
+    label: str | None
+    filename: str
+
+
+class Item(ItemSummary):
+    metadata: dict[str, Any]
+    image_hash: str
+    model_version: str
+    created_at: str
+
+
+class ItemsCreated(BaseModel):
+    items: list[ItemSummary]
+
+
+class ItemList(BaseModel):
+    items: list[Item]
+    total: int
+    limit: int
+    offset: int
+
+
+class SearchQuery(Strict):
+    """Search by a stored item's id or by a vector (exactly one of them)."""
+
+    id: int | None = Field(default=None, ge=1)
+    vector: list[float] | None = Field(default=None, min_length=1, max_length=4096)
+    k: int = Field(default=10, ge=1, le=1000)
+    label: str | None = Field(default=None, max_length=64)
+
+
+class Neighbor(BaseModel):
+    id: int
+    label: str | None
+    score: float
+    filename: str
+
+
+class Prediction(BaseModel):
+    label: str
+    confidence: float
+
+
+class SearchResponse(BaseModel):
+    model_version: str
+    neighbors: list[Neighbor]
+    prediction: Prediction | None
+
+
+class ClusterRequest(Strict):
+    k: int | Literal["auto"] = Field(default=2, description="number of clusters, or 'auto'")
+    label: str | None = Field(default=None, max_length=64)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class ClusterSummary(BaseModel):
+    cluster: int
+    size: int
+    majority_label: str | None
+    label_counts: dict[str, int]
+
+
+class Assignment(BaseModel):
+    id: int
+    cluster: int
+
+
+class ClusterMetrics(BaseModel):
+    purity: float | None
+    nmi: float | None
+    ari: float | None
+    silhouette: float | None
+
+
+class ClusterResponse(BaseModel):
+    k: int
+    model_version: str
+    clusters: list[ClusterSummary]
+    assignments: list[Assignment]
+    metrics: ClusterMetrics
+
+
+class Dataset(Strict):
+    source: Literal["items", "directory", "archive"] = "items"
+    path: str | None = Field(default=None, max_length=4096)
+
+
+class TrainRequest(Strict):
+    dataset: Dataset = Field(default_factory=Dataset)
+    model_type: Literal["siamese", "triplet", "quartet"] = "triplet"
+    mining: Literal["all", "batch_hard", "semi_hard", "random"] = "all"
+    epochs: int = Field(default=5, ge=1, le=500)
+    batch_size: int = Field(default=128, ge=8, le=1024)
+    lr: float = Field(default=5e-4, gt=0, lt=1)
+    margin: float = Field(default=0.2, gt=0, le=4)
+    embedding_dim: int | None = Field(default=None, ge=2, le=2048)
+    val_fraction: float = Field(default=0.2, ge=0.05, le=0.5)
+    activate: Literal["if_better", "always", "never"] = "if_better"
+    init: Literal["active", "scratch"] = Field(
+        default="active", description="fine-tune the active model, or train from scratch"
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class Progress(BaseModel):
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    loss: float | None = None
+
+
+class Job(BaseModel):
+    job_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    request: dict[str, Any]
+    progress: Progress
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    model_version: str | None
+    activated: bool
+    error: str | None
+    created_at: str
+    updated_at: str
+
+
+class JobList(BaseModel):
+    jobs: list[Job]

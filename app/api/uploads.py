@@ -1,0 +1,25 @@
+"""Reading multipart uploads: file count limit and display-safe file names."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from fastapi import UploadFile
+
+from app.errors import BadRequest
+
+
+def display_name(filename: str | None) -> str:
+    """The client's file name, kept only for display: the last path part, printable
+    characters, at most 255 of them. It is never used as a path on the server."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    return name[:255] or "upload"
+
+
+async def read_files(files: list[UploadFile], max_files: int) -> list[tuple[str, bytes]]:
+    if not files:
+        raise BadRequest("no files uploaded")
+    if len(files) > max_files:
+        raise BadRequest(f"too many files: at most {max_files} per request")
+    return [(display_name(f.filename), await f.read()) for f in files]

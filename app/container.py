@@ -1,0 +1,68 @@
+"""Everything the lifespan builds, in one object on ``app.state.services``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from app.observability import Metrics
+from app.services.catalog import Catalog
+from app.services.models import ModelService
+from app.services.runtime import Runtime
+from app.services.seed import seed_gallery
+from app.services.training import TrainingJobs
+from app.settings import Settings
+from app.store.database import Database
+from app.store.images import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    runtime: Runtime
+    catalog: Catalog
+    models: ModelService
+    jobs: TrainingJobs
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, settings: Settings, metrics: Metrics) -> Services:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        data = settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        db = Database(data / "store.sqlite3")
+        images = ImageStore(data / "images")
+        runtime = Runtime(settings.max_image_pixels)
+        catalog = Catalog(db, images, runtime)
+        models = ModelService(
+            db, images, runtime, catalog, data / "models", data / "index", settings.precision
+        )
+        jobs = TrainingJobs(
+            db,
+            images,
+            models,
+            data / "jobs",
+            settings.train_roots,
+            int(settings.max_archive_mb * 1024 * 1024),
+        )
+        return cls(settings, db, runtime, catalog, models, jobs, metrics)
+
+    def start(self) -> None:
+        """Blocking start-up work; the lifespan runs it in a worker thread."""
+        self.jobs.recover()
+        self.models.start(self.settings.model_dir)
+        if self.settings.seed_dir is not None and self.catalog.count() == 0:
+            added = seed_gallery(self.catalog, self.runtime, self.settings.seed_dir)
+            log.info("seeded the empty store with %d images from %s", added, self.settings.seed_dir)
+
+    def stop(self) -> None:
+        self.jobs.shutdown()
+        self.models.save_index()
+        self.runtime.shutdown()
+        self.db.close()

@@ -1,0 +1,75 @@
+"""Builds the FastAPI app. ``create_app`` is the factory uvicorn runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import require_api_key
+from app.api.middleware import BodySizeLimit, RequestContext
+from app.api.routes import cluster, embed, health, items, models, search, train
+from app.container import Services
+from app.errors import ServiceError
+from app.observability import Metrics
+from app.settings import Settings
+
+DESCRIPTION = """Embed images with a ResNet18 triplet network, store labelled items, find
+nearest neighbours (FAISS), group them (k-means) and retrain on your own labels."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await run_in_threadpool(Services.build, settings, metrics)
+        await run_in_threadpool(services.start)
+        metrics.bind(
+            index_size=lambda: (
+                float(len(services.runtime.snapshot.index)) if services.runtime.ready else 0.0
+            ),
+            version=lambda: services.runtime.snapshot.version if services.runtime.ready else None,
+            job_counts=lambda: _job_counts(services),
+        )
+        app.state.services = services
+        try:
+            yield
+        finally:
+            app.state.services = None
+            await run_in_threadpool(services.stop)
+
+    app = FastAPI(
+        title="triplet-embed",
+        version="1.0.0",
+        summary="Image embedding and similarity service",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.services = None
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    app.include_router(health.router)
+    protected = [Depends(require_api_key)]
+    app.include_router(health.metrics_router, dependencies=protected)
+    for module in (models, embed, items, search, cluster, train):
+        app.include_router(module.router, dependencies=protected)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app
+
+
+def _job_counts(services: Services) -> dict[str, int]:
+    counts = dict.fromkeys(("queued", "running", "succeeded", "failed", "cancelled"), 0)
+    for job in services.db.jobs():
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
+    return counts

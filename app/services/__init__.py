@@ -1,0 +1,1 @@
+"""Service objects: the request handlers' only way to the model, the store and the jobs."""

@@ -1,0 +1,228 @@
+"""Items, nearest-neighbour search and clustering over the active snapshot."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.errors import BadRequest, NotFound
+from app.services.runtime import DecodedUpload, Runtime
+from app.store.database import Database, ItemRecord, NewItem
+from app.store.images import EXTENSIONS, ImageStore
+from model.clustering import auto_kmeans, kmeans
+from model.metrics import clustering_metrics, silhouette
+
+LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+MAX_METADATA_BYTES = 16_384
+
+
+def check_label(label: str) -> str:
+    """Labels double as class-folder names when items are exported for training."""
+    if not LABEL_PATTERN.fullmatch(label):
+        raise BadRequest(
+            f"invalid label {label[:80]!r}: 1-64 letters, digits, spaces, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return label
+
+
+@dataclass
+class Neighbor:
+    id: int
+    label: str | None
+    score: float
+    filename: str
+
+
+@dataclass
+class SearchResult:
+    model_version: str
+    neighbors: list[Neighbor]
+    prediction: dict[str, Any] | None
+
+
+class Catalog:
+    """All item writes hold ``write_lock``, which activation also takes for its swap, so an
+    item is always stored with a vector of the model that is active when it commits."""
+
+    def __init__(self, db: Database, images: ImageStore, runtime: Runtime) -> None:
+        self.db = db
+        self.images = images
+        self.runtime = runtime
+        self.write_lock = threading.Lock()
+
+    # --- items -----------------------------------------------------------------------------
+
+    def add(
+        self,
+        uploads: Sequence[DecodedUpload],
+        labels: Sequence[str | None],
+        metadata: Sequence[dict[str, Any]],
+    ) -> list[ItemRecord]:
+        with self.write_lock:
+            snapshot = self.runtime.snapshot
+            vectors = self.runtime.embed_images(snapshot.embedder, [u.image for u in uploads])
+            new_items = []
+            for upload, label, meta, vector in zip(uploads, labels, metadata, vectors, strict=True):
+                ext = EXTENSIONS[upload.format]
+                image_hash = self.images.put(upload.data, ext)
+                new_items.append(NewItem(label, meta, upload.filename, image_hash, ext, vector))
+            ids = self.db.add_items(new_items, snapshot.version)
+            snapshot.index.add(np.array(ids, dtype=np.int64), vectors)
+        records = self.db.get_items(ids)
+        return [records[i] for i in ids]
+
+    def get(self, item_id: int) -> ItemRecord:
+        record = self.db.get_item(item_id)
+        if record is None:
+            raise NotFound(f"item {item_id} not found")
+        return record
+
+    def list(self, label: str | None, limit: int, offset: int) -> tuple[list[ItemRecord], int]:
+        return self.db.list_items(label, limit, offset)
+
+    def delete(self, item_id: int) -> ItemRecord:
+        with self.write_lock:
+            record = self.db.delete_item(item_id)
+            if record is None:
+                raise NotFound(f"item {item_id} not found")
+            self.runtime.snapshot.index.remove(np.array([item_id], dtype=np.int64))
+        if not self.db.image_in_use(record.image_hash):
+            self.images.remove(record.image_hash, record.image_ext)
+        return record
+
+    def count(self) -> int:
+        return self.db.count_items()
+
+    # --- search ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        *,
+        upload: DecodedUpload | None = None,
+        item_id: int | None = None,
+        vector: Sequence[float] | None = None,
+        k: int,
+        label: str | None = None,
+    ) -> SearchResult:
+        snapshot = self.runtime.snapshot
+        exclude: int | None = None
+        if upload is not None:
+            query = self.runtime.embed_images(snapshot.embedder, [upload.image])
+        elif item_id is not None:
+            stored = self.db.vector(item_id, snapshot.version)
+            if stored is None:
+                if self.db.get_item(item_id) is None:
+                    raise NotFound(f"item {item_id} not found")
+                raise NotFound(f"item {item_id} has no vector yet")
+            query, exclude = stored[None, :], item_id
+        elif vector is not None:
+            query = self._vector_query(vector, snapshot.embedder.dim)
+        else:
+            raise BadRequest("give an image file, an item id or a vector")
+        allowed = self.db.ids_with_label(label) if label is not None else None
+        if allowed is not None and len(allowed) == 0:
+            return SearchResult(snapshot.version, [], None)
+        scores, ids = snapshot.index.search(query, k + (1 if exclude is not None else 0), allowed)
+        hits = [
+            (int(i), float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
+            if i >= 0 and int(i) != exclude
+        ][:k]
+        records = self.db.get_items([i for i, _ in hits])
+        neighbors = [
+            Neighbor(i, records[i].label, score, records[i].filename)
+            for i, score in hits
+            if i in records
+        ]
+        return SearchResult(snapshot.version, neighbors, predict(neighbors))
+
+    @staticmethod
+    def _vector_query(vector: Sequence[float], dim: int) -> np.ndarray:
+        if len(vector) != dim:
+            raise BadRequest(f"vector must have {dim} values, got {len(vector)}")
+        query = np.asarray(vector, dtype=np.float64)
+        if not np.all(np.isfinite(query)):
+            raise BadRequest("vector values must be finite numbers")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0 or not math.isfinite(norm):
+            raise BadRequest("vector must be non-zero")
+        return (query / norm).astype(np.float32)[None, :]
+
+    # --- clustering ------------------------------------------------------------------------
+
+    def cluster(self, k: int | str, label: str | None, seed: int) -> dict[str, Any]:
+        snapshot = self.runtime.snapshot
+        ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
+        labels_by_id = dict(self.db.labelled_items())
+        if label is not None:
+            keep = np.array([labels_by_id.get(int(i)) == label for i in ids], dtype=bool)
+            ids, vectors = ids[keep], vectors[keep]
+        if len(ids) == 0:
+            raise BadRequest("there are no items to cluster")
+        if k == "auto":
+            grouping = auto_kmeans(vectors, seed=seed)
+        else:
+            assert isinstance(k, int)
+            if k > len(ids):
+                raise BadRequest(f"k={k} is more than the {len(ids)} items to cluster")
+            grouping = kmeans(vectors, k, seed=seed)
+        members: dict[int, Counter[str]] = defaultdict(Counter)
+        sizes: Counter[int] = Counter()
+        for item_id, cluster in zip(ids.tolist(), grouping.assignments.tolist(), strict=True):
+            sizes[cluster] += 1
+            item_label = labels_by_id.get(item_id)
+            if item_label is not None:
+                members[cluster][item_label] += 1
+        clusters = [
+            {
+                "cluster": c,
+                "size": sizes[c],
+                "majority_label": members[c].most_common(1)[0][0] if members[c] else None,
+                "label_counts": dict(members[c]),
+            }
+            for c in range(grouping.k)
+        ]
+        labelled = [
+            (labels_by_id[int(i)], int(c))
+            for i, c in zip(ids, grouping.assignments, strict=True)
+            if labels_by_id.get(int(i)) is not None
+        ]
+        metrics: dict[str, float | None] = {
+            "purity": None,
+            "nmi": None,
+            "ari": None,
+            "silhouette": silhouette(vectors, grouping.assignments.tolist()),
+        }
+        if labelled:
+            item_labels, item_clusters = zip(*labelled, strict=True)
+            metrics.update(clustering_metrics(list(item_labels), list(item_clusters)))
+        return {
+            "k": grouping.k,
+            "model_version": snapshot.version,
+            "clusters": clusters,
+            "assignments": [
+                {"id": int(i), "cluster": int(c)}
+                for i, c in zip(ids, grouping.assignments, strict=True)
+            ],
+            "metrics": metrics,
+        }
+
+
+def predict(neighbors: Sequence[Neighbor]) -> dict[str, Any] | None:
+    """Similarity-weighted kNN vote over the labelled neighbours."""
+    weights: dict[str, float] = defaultdict(float)
+    for neighbor in neighbors:
+        if neighbor.label is not None:
+            weights[neighbor.label] += max(neighbor.score, 0.0) + 1e-6
+    if not weights:
+        return None
+    label, weight = max(weights.items(), key=lambda kv: kv[1])
+    return {"label": label, "confidence": weight / sum(weights.values())}

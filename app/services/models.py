@@ -1,0 +1,191 @@
+"""Model versions: registration, start-up, and activation (re-embed everything, then swap).
+
+Activation never interrupts serving: the new model embeds every stored item into its own
+vectors while the old snapshot keeps answering; then, holding the catalog's write lock, it
+embeds the items added meanwhile, builds the new index, records the new active version in
+the database and swaps model and index in one step. A crash before that commit leaves the old
+model active; the new version's partial vectors are dropped at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.errors import BadRequest, Conflict, NotFound
+from app.services.catalog import Catalog
+from app.services.runtime import Runtime, Snapshot
+from app.store.database import Database
+from app.store.images import ImageStore
+from app.store.index import VectorIndex
+from model.checkpoint import CheckpointError, ModelCard, load_model, read_card
+from model.embedding import Embedder, Precision, bf16_supported
+from model.preprocessing import ImageDecodeError, decode_image, prepare
+
+log = logging.getLogger(__name__)
+
+REEMBED_BATCH = 128
+
+
+class ModelService:
+    def __init__(
+        self,
+        db: Database,
+        images: ImageStore,
+        runtime: Runtime,
+        catalog: Catalog,
+        models_dir: Path,
+        index_dir: Path,
+        precision: str = "auto",
+    ) -> None:
+        self.db = db
+        self.images = images
+        self.runtime = runtime
+        self.catalog = catalog
+        self.models_dir = models_dir
+        self.index_dir = index_dir
+        self.precision: Precision = (
+            ("bf16" if bf16_supported() else "fp32") if precision == "auto" else precision  # type: ignore[assignment]
+        )
+        self._activation_lock = threading.Lock()
+        self.activating: str | None = None
+        self.last_activation: dict[str, Any] = {}
+
+    # --- registry --------------------------------------------------------------------------
+
+    def register(self, model_dir: Path, source: str) -> ModelCard:
+        """Copies a model directory into the data directory and records it as a version."""
+        try:
+            card = read_card(model_dir)
+            load_model(model_dir)  # verifies hash and architecture
+        except CheckpointError as exc:
+            raise BadRequest(f"not a usable model: {exc}") from exc
+        target = self.models_dir / card.version
+        if not target.exists():
+            staging = self.models_dir / f".{card.version}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns("training_state"))
+            staging.replace(target)
+        self.db.add_model(card.version, str(target), card.to_dict(), source)
+        return card
+
+    def versions(self) -> list[dict[str, Any]]:
+        active = self.db.get_state("active_model")
+        return [
+            {
+                "version": m["version"],
+                "active": m["version"] == active,
+                "source": m["source"],
+                "created_at": m["created_at"],
+                "trained_at": m["card"].get("trained_at"),
+                "model_type": m["card"]["config"]["model_type"],
+                "metrics": m["card"].get("metrics", {}),
+            }
+            for m in self.db.models()
+        ]
+
+    def versions_by_id(self) -> dict[str, dict[str, Any]]:
+        return {m["version"]: m for m in self.versions()}
+
+    def _load(self, version: str) -> tuple[Embedder, ModelCard]:
+        record = self.db.model(version)
+        if record is None:
+            raise NotFound(f"model version {version!r} not found")
+        net, card = load_model(Path(record["path"]))
+        return Embedder(net, card, self.precision), card
+
+    # --- start-up --------------------------------------------------------------------------
+
+    def start(self, default_model_dir: Path) -> None:
+        """Registers the configured model, loads the active one and its index."""
+        default_card = self.register(default_model_dir, "default")
+        active = self.db.get_state("active_model")
+        if active is None or self.db.model(active) is None:
+            active = default_card.version
+            self.db.activate_model(active)
+        embedder, card = self._load(active)
+        self.db.drop_vectors_except(active)  # those of an activation a crash interrupted
+        self._embed_missing(embedder, active)
+        generation = self.db.generation()
+        index = VectorIndex.load(self.index_dir, active, embedder.dim, generation)
+        if index is None:
+            ids, vectors = self.db.vectors(active, embedder.dim)
+            index = VectorIndex.build(active, ids, vectors)
+            log.info("built index of %s from the database: %d vectors", active, len(index))
+        self.runtime.swap(Snapshot(active, card, embedder, index))
+
+    def save_index(self) -> None:
+        if self.runtime.ready:
+            snapshot = self.runtime.snapshot
+            snapshot.index.save(self.index_dir, self.db.generation())
+
+    # --- activation ------------------------------------------------------------------------
+
+    def activate(self, version: str) -> dict[str, Any]:
+        """Re-embeds every item with ``version`` and makes it active; returns timings."""
+        if not self._activation_lock.acquire(blocking=False):
+            raise Conflict(f"model {self.activating} is being activated")
+        try:
+            self.activating = version
+            return self._activate(version)
+        finally:
+            self.activating = None
+            self._activation_lock.release()
+
+    def activate_logged(self, version: str) -> None:
+        """``activate`` for a background thread: failures are logged, the old model stays."""
+        try:
+            self.activate(version)
+        except Exception:
+            log.exception("activation of %s failed; the previous model stays active", version)
+
+    def _activate(self, version: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        current = self.runtime.snapshot
+        if current.version == version:
+            return {"version": version, "reembedded": 0, "seconds": 0.0}
+        embedder, card = self._load(version)
+        count = self._embed_missing(embedder, version)
+        with self.catalog.write_lock:
+            count += self._embed_missing(embedder, version)
+            ids, vectors = self.db.vectors(version, embedder.dim)
+            index = VectorIndex.build(version, ids, vectors)
+            self.db.activate_model(version)
+            self.runtime.swap(Snapshot(version, card, embedder, index))
+            index.save(self.index_dir, self.db.generation())
+        VectorIndex.discard(self.index_dir, current.version)
+        result = {
+            "version": version,
+            "reembedded": count,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        self.last_activation = result
+        log.info("activated %s: %s", version, result)
+        return result
+
+    def _embed_missing(self, embedder: Embedder, version: str) -> int:
+        """Embeds the items that have no vector for ``version`` yet; returns how many."""
+        missing = self.db.items_missing_vectors(version)
+        for start in range(0, len(missing), REEMBED_BATCH):
+            chunk = missing[start : start + REEMBED_BATCH]
+            tensors, ids = [], []
+            for item in chunk:
+                try:
+                    data = self.images.read(item.image_hash, item.image_ext)
+                    image = decode_image(data, target_size=embedder.config.input_size)
+                except (OSError, ImageDecodeError) as exc:
+                    log.error("item %d: stored image unreadable (%s); skipped", item.id, exc)
+                    continue
+                tensors.append(prepare(image, embedder.config))
+                ids.append(item.id)
+            if tensors:
+                vectors = self.runtime.embed_tensors(embedder, torch.stack(tensors))
+                self.db.put_vectors(version, ids, np.asarray(vectors))
+        return len(missing)

@@ -1,0 +1,97 @@
+"""The serving runtime: the active model and its index, swapped together as one snapshot.
+
+A request takes ``runtime.snapshot`` once and uses that snapshot's embedder and index for
+its whole life, so a search never mixes vectors of two models even while a new model is
+being activated. Inference runs on one dedicated thread (torch parallelises inside it);
+decoding runs on a small pool of its own. Neither ever runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from app.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
+from app.store.index import VectorIndex
+from model.checkpoint import ModelCard
+from model.embedding import Embedder
+from model.preprocessing import ImageDecodeError, decode_with_format, prepare
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    card: ModelCard
+    embedder: Embedder
+    index: VectorIndex
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    filename: str
+    data: bytes
+    image: Image.Image
+    format: str
+
+
+class Runtime:
+    def __init__(self, max_pixels: int, decode_workers: int = 2) -> None:
+        self.max_pixels = max_pixels
+        self._snapshot: Snapshot | None = None
+        self._swap_lock = threading.Lock()
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._decode = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
+
+    @property
+    def snapshot(self) -> Snapshot:
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise NotReady("the model is not loaded yet")
+        return snapshot
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    def swap(self, snapshot: Snapshot) -> None:
+        with self._swap_lock:
+            self._snapshot = snapshot
+
+    def shutdown(self) -> None:
+        self._inference.shutdown(wait=True, cancel_futures=True)
+        self._decode.shutdown(wait=True, cancel_futures=True)
+
+    def decode(self, files: Sequence[tuple[str, bytes]], input_size: int) -> list[DecodedUpload]:
+        """Decodes every upload (in parallel) or raises the error of the first bad one."""
+
+        def one(item: tuple[str, bytes]) -> DecodedUpload:
+            name, data = item
+            try:
+                image, fmt = decode_with_format(
+                    data, max_pixels=self.max_pixels, target_size=input_size
+                )
+            except ImageDecodeError as exc:
+                message = f"{name or 'upload'}: {exc}"
+                if exc.reason == "unsupported":
+                    raise UnsupportedMedia(message) from exc
+                if exc.reason == "too_large":
+                    raise PayloadTooLarge(message) from exc
+                raise BadRequest(message) from exc
+            return DecodedUpload(name, data, image, fmt)
+
+        return list(self._decode.map(one, files))
+
+    def embed_images(self, embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:
+        tensors = list(self._decode.map(lambda im: prepare(im, embedder.config), images))
+        if not tensors:
+            return np.zeros((0, embedder.dim), dtype=np.float32)
+        return self.embed_tensors(embedder, torch.stack(tensors))
+
+    def embed_tensors(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
+        return self._inference.submit(embedder.embed_tensors, batch).result()

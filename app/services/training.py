@@ -1,0 +1,338 @@
+"""Training jobs: one at a time, each in its own process (``app.training_worker``).
+
+A job's dataset is the stored items (exported as class folders of links to the stored
+images), a folder under one of ``EMBED_TRAIN_ROOTS``, or an uploaded zip of class folders
+extracted with every path, link and size checked. By default a job fine-tunes the active
+model. When the worker succeeds the new model is registered as a version and, per the
+job's ``activate`` policy, activated (``if_better``: its held-out precision@1 beats the
+active model's on the same split).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from app.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from app.services.catalog import LABEL_PATTERN
+from app.services.models import ModelService
+from app.store.database import Database
+from app.store.images import ImageStore
+from model.data import IMAGE_SUFFIXES
+from model.embedding import bf16_supported
+
+log = logging.getLogger(__name__)
+
+MAX_ARCHIVE_MEMBERS = 100_000
+MAX_COMPRESSION_RATIO = 200
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class TrainingJobs:
+    def __init__(
+        self,
+        db: Database,
+        images: ImageStore,
+        models: ModelService,
+        jobs_dir: Path,
+        train_roots: list[Path],
+        max_archive_bytes: int,
+    ) -> None:
+        self.db = db
+        self.images = images
+        self.models = models
+        self.jobs_dir = jobs_dir
+        self.train_roots = [root.resolve() for root in train_roots]
+        self.max_archive_bytes = max_archive_bytes
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self._job_id: str | None = None
+        self._cancel_requested = False
+        self._monitor: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Marks jobs that a previous server process left unfinished as failed."""
+        for job in self.db.jobs():
+            if job["status"] not in FINISHED:
+                self.db.update_job(
+                    job["job_id"], status="failed", error="interrupted by a server restart"
+                )
+
+    def shutdown(self) -> None:
+        with self._lock:
+            process = self._process
+            self._cancel_requested = True
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self._monitor is not None:
+            self._monitor.join(timeout=30)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def start(self, options: dict[str, Any], archive: bytes | None = None) -> dict[str, Any]:
+        with self._lock:
+            if self._job_id is not None:
+                raise Conflict(f"training job {self._job_id} is still running")
+            job_id = uuid.uuid4().hex[:16]
+            job_dir = self.jobs_dir / job_id
+            try:
+                dataset_dir = self._prepare_dataset(options["dataset"], archive, job_dir)
+                spec = self._spec(options, dataset_dir, job_dir)
+            except BaseException:
+                shutil.rmtree(job_dir, ignore_errors=True)
+                raise
+            self.db.add_job(job_id, options)
+            spec_path = job_dir / "spec.json"
+            spec_path.write_text(json.dumps(spec))
+            stderr = (job_dir / "worker.log").open("w")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "app.training_worker", str(spec_path)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+            )
+            stderr.close()
+            self._job_id = job_id
+            self._cancel_requested = False
+            self.db.update_job(job_id, status="running")
+            self._monitor = threading.Thread(
+                target=self._watch, args=(job_id, self._process, job_dir, options), daemon=True
+            )
+            self._monitor.start()
+        return self.get(job_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.db.jobs()
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        jobs = self.db.jobs(job_id)
+        if not jobs:
+            raise NotFound(f"training job {job_id!r} not found")
+        return jobs[0]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.get(job_id)
+        with self._lock:
+            if job_id != self._job_id or self._process is None:
+                raise Conflict(f"training job {job_id} is already {job['status']}")
+            self._cancel_requested = True
+            self._process.terminate()
+        return self.get(job_id)
+
+    def running(self) -> bool:
+        return self._job_id is not None
+
+    # --- datasets --------------------------------------------------------------------------
+
+    def _prepare_dataset(
+        self, dataset: dict[str, Any], archive: bytes | None, job_dir: Path
+    ) -> Path:
+        source = dataset.get("source")
+        if source == "directory":
+            return self._allowed_directory(str(dataset.get("path", "")))
+        target = job_dir / "dataset"
+        target.mkdir(parents=True)
+        if source == "items":
+            self._export_items(target)
+        elif source == "archive":
+            if archive is None:
+                raise BadRequest("an archive dataset needs the 'archive' file")
+            self._extract_archive(archive, target)
+        else:
+            raise BadRequest("dataset source must be 'items', 'directory' or 'archive'")
+        classes = [d for d in target.iterdir() if d.is_dir() and any(d.iterdir())]
+        if len(classes) < 2:
+            raise BadRequest("training needs images of at least two labels")
+        return target
+
+    def _allowed_directory(self, path: str) -> Path:
+        if not path or "\x00" in path:
+            raise BadRequest("dataset.path is required")
+        if not self.train_roots:
+            raise BadRequest("no training folders are allowed (EMBED_TRAIN_ROOTS is empty)")
+        resolved = Path(path).resolve()
+        if not any(resolved.is_relative_to(root) for root in self.train_roots):
+            raise BadRequest("dataset.path is not under an allowed training folder")
+        if not resolved.is_dir():
+            raise BadRequest("dataset.path is not a folder")
+        return resolved
+
+    def _export_items(self, target: Path) -> None:
+        total = 0
+        for start in range(0, 1 << 62, 1000):
+            items, total = self.db.list_items(None, 1000, start)
+            for item in items:
+                if item.label is None:
+                    continue
+                class_dir = target / item.label
+                class_dir.mkdir(exist_ok=True)
+                source = self.images.path(item.image_hash, item.image_ext)
+                (class_dir / f"{item.id}.{item.image_ext}").symlink_to(source)
+            if start + 1000 >= total:
+                break
+
+    def _extract_archive(self, data: bytes, target: Path) -> None:
+        """Extracts ``<class>/<image>`` members; never uses a member's name as a path."""
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+            members = archive.infolist()
+        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            raise BadRequest(f"not a readable zip archive: {exc}") from exc
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise BadRequest(f"archive holds more than {MAX_ARCHIVE_MEMBERS} members")
+        total = 0
+        accepted: list[tuple[zipfile.ZipInfo, str, str]] = []
+        for info in members:
+            name = info.filename
+            path = PurePosixPath(name.replace("\\", "/"))
+            if path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":"):
+                raise BadRequest(f"archive member {name[:100]!r} has an unsafe path")
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode):
+                raise BadRequest(f"archive member {name[:100]!r} is a link")
+            if info.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
+                continue
+            if len(path.parts) < 2:
+                raise BadRequest("archive images must sit in class folders: <class>/<image>")
+            label = path.parts[-2]
+            if not LABEL_PATTERN.fullmatch(label):
+                raise BadRequest(f"archive folder {label[:80]!r} is not a valid label")
+            if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
+                raise BadRequest(f"archive member {name[:100]!r} expands suspiciously much")
+            total += info.file_size
+            if total > self.max_archive_bytes:
+                raise PayloadTooLarge("archive expands beyond the allowed size")
+            accepted.append((info, label, path.suffix.lower()))
+        # ZipExtFile stops at the declared size and checks the CRC, so the sizes summed
+        # above bound what is written.
+        try:
+            for n, (info, label, suffix) in enumerate(accepted):
+                class_dir = target / label
+                class_dir.mkdir(exist_ok=True)
+                with archive.open(info) as source, (class_dir / f"{n}{suffix}").open("wb") as out:
+                    shutil.copyfileobj(source, out)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BadRequest(f"archive is damaged: {exc}") from exc
+
+    # --- the worker ------------------------------------------------------------------------
+
+    def _spec(self, options: dict[str, Any], dataset_dir: Path, job_dir: Path) -> dict[str, Any]:
+        active = self.models.runtime.snapshot
+        active_record = self.db.model(active.version)
+        assert active_record is not None
+        config = active.card.config
+        from_scratch = options.get("init") == "scratch"
+        embedding_dim = options.get("embedding_dim") or config.embedding_dim
+        if not from_scratch and embedding_dim != config.embedding_dim:
+            raise BadRequest(
+                "embedding_dim differs from the active model's: use init='scratch' to change it"
+            )
+        recipe = {
+            "data": [str(dataset_dir)],
+            "val_fraction": options["val_fraction"],
+            "seed": options["seed"],
+            "model_type": options["model_type"],
+            "mining": options["mining"],
+            "margin": options["margin"],
+            "embedding_dim": embedding_dim,
+            "stem": config.stem,
+            "input_size": config.input_size,
+            "epochs": options["epochs"],
+            "batch_size": options["batch_size"],
+            "lr": options["lr"],
+            "bf16": bf16_supported(),
+            "init_from": None if from_scratch else active_record["path"],
+        }
+        return {"recipe": recipe, "out": str(job_dir / "model"), "baseline": active_record["path"]}
+
+    def _watch(
+        self,
+        job_id: str,
+        process: subprocess.Popen[str],
+        job_dir: Path,
+        options: dict[str, Any],
+    ) -> None:
+        history: list[dict[str, Any]] = []
+        metrics: dict[str, Any] = {}
+        baseline: dict[str, Any] = {}
+        last_update = 0.0
+        assert process.stdout is not None
+        for line in process.stdout:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = event.get("event")
+            if kind == "step" and time.monotonic() - last_update > 0.5:
+                last_update = time.monotonic()
+                progress = {k: event[k] for k in ("epoch", "step", "steps", "loss")}
+                progress["epochs"] = options["epochs"]
+                self.db.update_job(job_id, progress=progress)
+            elif kind == "epoch":
+                history.append({k: v for k, v in event.items() if k != "event"})
+                self.db.update_job(job_id, history=history)
+            elif kind == "done":
+                metrics = dict(event["metrics"])
+            elif kind == "baseline":
+                baseline = {"version": event["version"], **event["metrics"]}
+        code = process.wait()
+        try:
+            self._finish(job_id, code, job_dir, options, metrics, baseline)
+        except Exception as exc:  # the job records any failure; the server carries on
+            log.exception("training job %s failed while finishing", job_id)
+            self.db.update_job(job_id, status="failed", error=str(exc))
+        finally:
+            shutil.rmtree(job_dir / "dataset", ignore_errors=True)
+            with self._lock:
+                self._job_id = None
+                self._process = None
+
+    def _finish(
+        self,
+        job_id: str,
+        code: int,
+        job_dir: Path,
+        options: dict[str, Any],
+        metrics: dict[str, Any],
+        baseline: dict[str, Any],
+    ) -> None:
+        if self._cancel_requested or code == 3:
+            self.db.update_job(job_id, status="cancelled")
+            return
+        if code != 0:
+            log_tail = (job_dir / "worker.log").read_text(errors="replace")[-2000:]
+            self.db.update_job(job_id, status="failed", error=f"worker exited {code}: {log_tail}")
+            return
+        card = self.models.register(job_dir / "model", f"job:{job_id}")
+        metrics = {**metrics, "baseline": baseline}
+        self.db.update_job(job_id, metrics=metrics, model_version=card.version)
+        policy = options["activate"]
+        new_p1 = metrics.get("val_precision_at_1", 0.0)
+        old_p1 = baseline.get("precision_at_1", -1.0)
+        activated = False
+        if policy == "always" or (policy == "if_better" and new_p1 > old_p1):
+            self.models.activate(card.version)
+            activated = True
+        self.db.update_job(job_id, status="succeeded", activated=int(activated))

@@ -1,0 +1,46 @@
+"""The service's settings: environment variables with the ``EMBED_`` prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
+
+
+class Settings(BaseSettings):
+    """Read once when the app is built; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBED_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    model_dir: Path = SHIPPED_MODEL_DIR
+    api_key: str | None = None
+    train_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    max_upload_mb: float = Field(default=32.0, gt=0)
+    max_files: int = Field(default=64, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_k: int = Field(default=1000, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    torch_threads: int = Field(default=0, ge=0)
+    seed_dir: Path | None = None
+    max_archive_mb: float = Field(default=512.0, gt=0)
+
+    @field_validator("train_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

@@ -1,0 +1,1 @@
+"""Durable storage: the SQLite record, content-addressed images and the FAISS index."""

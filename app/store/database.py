@@ -1,0 +1,358 @@
+"""SQLite (WAL) record of items, their vectors per model version, model versions and jobs.
+
+This database is the source of truth: the FAISS index is rebuilt from the ``vectors`` table.
+Every write commits with ``synchronous=FULL`` before the call returns, so an acknowledged
+write survives a crash of the process or the machine. One connection is shared behind a
+lock; callers run these methods in worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    label TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    filename TEXT NOT NULL,
+    image_hash TEXT NOT NULL,
+    image_ext TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_label ON items(label);
+CREATE TABLE IF NOT EXISTS vectors (
+    model_version TEXT NOT NULL,
+    item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_version, item_id)
+);
+CREATE INDEX IF NOT EXISTS vectors_item ON vectors(item_id);
+CREATE TABLE IF NOT EXISTS models (
+    version TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    card TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    progress TEXT NOT NULL DEFAULT '{}',
+    history TEXT NOT NULL DEFAULT '[]',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    model_version TEXT,
+    activated INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class ItemRecord:
+    id: int
+    label: str | None
+    metadata: dict[str, Any]
+    filename: str
+    image_hash: str
+    image_ext: str
+    created_at: str
+
+
+@dataclass
+class NewItem:
+    label: str | None
+    metadata: dict[str, Any]
+    filename: str
+    image_hash: str
+    image_ext: str
+    vector: np.ndarray
+
+
+def _item(row: sqlite3.Row) -> ItemRecord:
+    return ItemRecord(
+        id=row["id"],
+        label=row["label"],
+        metadata=json.loads(row["metadata"]),
+        filename=row["filename"],
+        image_hash=row["image_hash"],
+        image_ext=row["image_ext"],
+        created_at=row["created_at"],
+    )
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- state -----------------------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_state(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, value))
+
+    def generation(self) -> int:
+        """A counter bumped by every change to items; a saved index records the one it saw."""
+        value = self.get_state("generation")
+        return int(value) if value else 0
+
+    @staticmethod
+    def _bump_generation(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO state(key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    # --- items -----------------------------------------------------------------------------
+
+    def add_items(self, items: Sequence[NewItem], model_version: str) -> list[int]:
+        """Inserts items and their vectors for ``model_version`` in one transaction."""
+        ids: list[int] = []
+        created = now()
+        with self.transaction() as conn:
+            for item in items:
+                cursor = conn.execute(
+                    "INSERT INTO items"
+                    "(label, metadata, filename, image_hash, image_ext, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        item.label,
+                        json.dumps(item.metadata),
+                        item.filename,
+                        item.image_hash,
+                        item.image_ext,
+                        created,
+                    ),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
+                conn.execute(
+                    "INSERT INTO vectors(model_version, item_id, vector) VALUES (?, ?, ?)",
+                    (model_version, cursor.lastrowid, _blob(item.vector)),
+                )
+            self._bump_generation(conn)
+        return ids
+
+    def get_item(self, item_id: int) -> ItemRecord | None:
+        rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
+        return _item(rows[0]) if rows else None
+
+    def get_items(self, ids: Sequence[int]) -> dict[int, ItemRecord]:
+        found: dict[int, ItemRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT * FROM items WHERE id IN ({marks})", chunk):
+                found[row["id"]] = _item(row)
+        return found
+
+    def list_items(
+        self, label: str | None, limit: int, offset: int
+    ) -> tuple[list[ItemRecord], int]:
+        where, params = ("WHERE label = ?", [label]) if label is not None else ("", [])
+        total = self._query(f"SELECT COUNT(*) AS n FROM items {where}", params)[0]["n"]
+        rows = self._query(
+            f"SELECT * FROM items {where} ORDER BY id LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
+        return [_item(r) for r in rows], int(total)
+
+    def count_items(self) -> int:
+        return int(self._query("SELECT COUNT(*) AS n FROM items")[0]["n"])
+
+    def delete_item(self, item_id: int) -> ItemRecord | None:
+        with self.transaction() as conn:
+            rows = conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchall()
+            if not rows:
+                return None
+            conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+            self._bump_generation(conn)
+        return _item(rows[0])
+
+    def image_in_use(self, image_hash: str) -> bool:
+        return bool(self._query("SELECT 1 FROM items WHERE image_hash = ? LIMIT 1", (image_hash,)))
+
+    def ids_with_label(self, label: str) -> np.ndarray:
+        rows = self._query("SELECT id FROM items WHERE label = ?", (label,))
+        return np.array([r["id"] for r in rows], dtype=np.int64)
+
+    def labelled_items(self) -> list[tuple[int, str | None]]:
+        return [(r["id"], r["label"]) for r in self._query("SELECT id, label FROM items")]
+
+    # --- vectors ---------------------------------------------------------------------------
+
+    def vectors(self, model_version: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """All ``(ids, vectors)`` of one model version whose item still exists."""
+        rows = self._query(
+            "SELECT v.item_id, v.vector FROM vectors v JOIN items i ON i.id = v.item_id "
+            "WHERE v.model_version = ? ORDER BY v.item_id",
+            (model_version,),
+        )
+        ids = np.array([r["item_id"] for r in rows], dtype=np.int64)
+        if not rows:
+            return ids, np.zeros((0, dim), dtype=np.float32)
+        vectors = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32)
+        return ids, vectors.reshape(len(rows), dim).copy()
+
+    def vector(self, item_id: int, model_version: str) -> np.ndarray | None:
+        rows = self._query(
+            "SELECT vector FROM vectors WHERE item_id = ? AND model_version = ?",
+            (item_id, model_version),
+        )
+        return np.frombuffer(rows[0]["vector"], dtype=np.float32).copy() if rows else None
+
+    def items_missing_vectors(self, model_version: str) -> list[ItemRecord]:
+        rows = self._query(
+            "SELECT * FROM items WHERE id NOT IN "
+            "(SELECT item_id FROM vectors WHERE model_version = ?) ORDER BY id",
+            (model_version,),
+        )
+        return [_item(r) for r in rows]
+
+    def put_vectors(self, model_version: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        """Stores vectors of existing items (items deleted meanwhile are skipped)."""
+        with self.transaction() as conn:
+            for item_id, vector in zip(ids, vectors, strict=True):
+                conn.execute(
+                    "INSERT OR REPLACE INTO vectors(model_version, item_id, vector) "
+                    "SELECT ?, id, ? FROM items WHERE id = ?",
+                    (model_version, _blob(vector), int(item_id)),
+                )
+
+    # --- models ----------------------------------------------------------------------------
+
+    def add_model(self, version: str, path: str, card: dict[str, Any], source: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO models(version, path, card, source, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (version, path, json.dumps(card), source, now()),
+            )
+
+    def models(self) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM models ORDER BY created_at, version")
+        return [
+            {
+                "version": r["version"],
+                "path": r["path"],
+                "card": json.loads(r["card"]),
+                "source": r["source"],
+                "created_at": r["created_at"],
+            }
+            for r in rows
+        ]
+
+    def model(self, version: str) -> dict[str, Any] | None:
+        return next((m for m in self.models() if m["version"] == version), None)
+
+    def activate_model(self, version: str) -> None:
+        """Makes ``version`` active and drops the vectors of every other version."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO state(key, value) VALUES ('active_model', ?)", (version,)
+            )
+            conn.execute("DELETE FROM vectors WHERE model_version != ?", (version,))
+            self._bump_generation(conn)
+
+    def drop_vectors_except(self, version: str) -> None:
+        """Drops vectors of other versions; the index never holds them, so no bump."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM vectors WHERE model_version != ?", (version,))
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def add_job(self, job_id: str, request: dict[str, Any]) -> None:
+        stamp = now()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs(id, status, request, created_at, updated_at) "
+                "VALUES (?, 'queued', ?, ?, ?)",
+                (job_id, json.dumps(request), stamp, stamp),
+            )
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        encoded = {
+            key: json.dumps(value) if key in ("progress", "history", "metrics") else value
+            for key, value in fields.items()
+        }
+        encoded["updated_at"] = now()
+        assignments = ", ".join(f"{key} = ?" for key in encoded)
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*encoded.values(), job_id])
+
+    def jobs(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        if job_id is None:
+            rows = self._query("SELECT * FROM jobs ORDER BY created_at DESC")
+        else:
+            rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return [
+            {
+                "job_id": r["id"],
+                "status": r["status"],
+                "request": json.loads(r["request"]),
+                "progress": json.loads(r["progress"]),
+                "history": json.loads(r["history"]),
+                "metrics": json.loads(r["metrics"]),
+                "model_version": r["model_version"],
+                "activated": bool(r["activated"]),
+                "error": r["error"],
+                "created_at": r["created_at"],
+                "updated_at": r["updated_at"],
+            }
+            for r in rows
+        ]
