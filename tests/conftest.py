@@ -1,0 +1,42 @@
+"""Shared fixtures: where the real images are, and small files made for a test."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("EMBED_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
+CIFAR = SHARED_DATA / "cifar10" / "train"
+PHOTOS = SHARED_DATA / "photos" / "train"
+DEFAULT_MODEL = ROOT / "model" / "default"
+
+
+@pytest.fixture(scope="session")
+def cifar() -> Path:
+    if not CIFAR.is_dir():
+        pytest.fail(f"the shared data set is missing: {CIFAR}")
+    return CIFAR
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    if not PHOTOS.is_dir():
+        pytest.fail(f"the shared data set is missing: {PHOTOS}")
+    return PHOTOS
+
+
+def image_bytes(
+    fmt: str = "PNG", size: tuple[int, int] = (40, 30), mode: str = "RGB", **save: object
+) -> bytes:
+    color: object = (200, 30, 60) if mode in ("RGB", "RGBA") else 128
+    if mode == "CMYK":
+        color = (10, 200, 30, 5)
+    image = Image.new(mode, size, color)  # type: ignore[arg-type]
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()

@@ -1,0 +1,106 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.config import ModelConfig
+from model.preprocessing import (
+    ImageDecodeError,
+    augment_batch,
+    build_augmentation,
+    decode_image,
+    decode_with_format,
+    normalize,
+    prepare,
+    to_square_tensor,
+)
+from tests.conftest import image_bytes
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
+def test_allowed_formats_decode_to_rgb(fmt: str) -> None:
+    image, detected = decode_with_format(image_bytes(fmt))
+    assert image.mode == "RGB" and image.size == (40, 30) and detected == fmt
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("CMYK", "JPEG"), ("I;16", "PNG"), ("L", "PNG"), ("1", "BMP"), ("RGBA", "PNG")],
+)
+def test_odd_modes_become_rgb(mode: str, fmt: str) -> None:
+    assert decode_image(image_bytes(fmt, mode=mode)).mode == "RGB"
+
+
+def test_sixteen_bit_grey_keeps_its_brightness() -> None:
+    array = np.full((8, 8), 65535 // 2, dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    pixel = decode_image(buffer.getvalue()).getpixel((0, 0))
+    assert pixel == (127, 127, 127)  # 32767 / 65535 * 255 = 127.5 - epsilon
+
+
+def test_transparent_palette_is_composited_on_white() -> None:
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([0, 0, 0] * 256)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", transparency=0)
+    assert decode_image(buffer.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_rotation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "corrupt"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n", "unsupported"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "unsupported"),
+        (image_bytes("TIFF"), "unsupported"),
+        (image_bytes("PNG")[:60], "corrupt"),
+    ],
+)
+def test_bad_inputs_are_refused(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data)
+    assert info.value.reason == reason
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(image_bytes("PNG", size=(300, 300)), max_pixels=200 * 200)
+    assert info.value.reason == "too_large"
+
+
+def test_draft_mode_keeps_at_least_the_target_size() -> None:
+    image = decode_image(image_bytes("JPEG", size=(640, 480)), target_size=32)
+    assert min(image.size) >= 32 and image.size[0] < 640
+
+
+def test_square_tensor_and_normalisation() -> None:
+    config = ModelConfig(input_size=32)
+    tensor = to_square_tensor(Image.new("RGB", (64, 48), (255, 0, 0)), 32)
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.uint8
+    assert prepare(Image.new("RGB", (1, 1)), config).shape == (3, 32, 32)
+    batch = normalize(tensor[None], config)
+    assert batch[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-4)
+
+
+def test_augmentation_keeps_shape_and_type() -> None:
+    batch = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
+    out = augment_batch(batch, build_augmentation(32))
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+
+
+def test_real_photo_decodes(photos: Path) -> None:
+    path = next(iter(sorted((photos / "cat").iterdir())))
+    assert decode_image(path.read_bytes()).mode == "RGB"

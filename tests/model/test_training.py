@@ -1,0 +1,130 @@
+"""Training on real CIFAR-10 cats and birds: a trained model beats an untrained one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_model
+from model.config import ModelConfig
+from model.embedding import Embedder
+from model.network import EmbeddingNet
+from model.training import TrainRecipe, evaluate, lr_at, prepare_data, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_learning_rate_schedule() -> None:
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(99, 100, 10, 1.0) < 0.02
+
+
+def test_trained_model_beats_untrained_on_held_out_images(cifar: Path, tmp_path: Path) -> None:
+    recipe = TrainRecipe(
+        data=[str(cifar)],
+        classes=["bird", "cat"],
+        max_per_class=250,
+        val_fraction=0.2,
+        epochs=8,
+        batch_size=100,
+        lr=2e-3,
+        seed=0,
+    )
+    data = prepare_data(recipe)
+    assert len(data.train) == 400 and len(data.val) == 100
+    torch.manual_seed(0)
+    untrained = evaluate(Embedder(EmbeddingNet(ModelConfig())), data.val, data.train)
+    events: list[dict] = []
+    card = train(recipe, tmp_path / "model", datasets=data, on_event=events.append)
+    trained = card.metrics
+    print("untrained", untrained, "trained", trained)
+    assert trained["val_precision_at_1"] >= untrained["precision_at_1"] + 0.05
+    assert trained["val_map_at_r"] >= untrained["map_at_r"] + 0.05
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == list(range(1, 9))
+    assert not (tmp_path / "model" / "training_state").exists()
+    _, loaded = load_model(tmp_path / "model")
+    assert loaded.version == card.version and loaded.config.labels == ("bird", "cat")
+
+
+def test_training_resumes_from_its_last_epoch(cifar: Path, tmp_path: Path) -> None:
+    recipe = TrainRecipe(
+        data=[str(cifar)], classes=["bird", "cat"], max_per_class=40, epochs=2, batch_size=32
+    )
+    calls = {"n": 0}
+
+    def stop_in_second_epoch() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3  # one epoch is 2 steps: stop during the second
+
+    from model.training import TrainingCancelled
+
+    with pytest.raises(TrainingCancelled):
+        train(recipe, tmp_path, should_stop=stop_in_second_epoch)
+    state = json.loads((tmp_path / "training_state" / "state.json").read_text())
+    assert state["epoch"] == 1
+    events: list[dict] = []
+    card = train(recipe, tmp_path, on_event=events.append)
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
+    assert [h["epoch"] for h in card.history] == [1, 2]
+
+
+def test_cli_train_eval_embed(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli-model"
+    cli = [sys.executable, "-m", "app.cli"]
+    subprocess.run(
+        [
+            *cli,
+            "train",
+            "--data",
+            str(cifar),
+            "--classes",
+            "cat,bird",
+            "--max-per-class",
+            "64",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = subprocess.run(
+        [
+            *cli,
+            "eval",
+            "--model",
+            str(out),
+            "--data",
+            str(cifar),
+            "--classes",
+            "cat,bird",
+            "--max-per-class",
+            "64",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    metrics = json.loads(result.stdout)
+    for key in ("precision_at_1", "map_at_r", "purity", "nmi", "ari"):
+        assert 0.0 <= metrics[key] <= 1.0 or key == "ari"
+    assert metrics["queries"] == 26 and metrics["gallery"] == 102
+    image = sorted((cifar / "cat").iterdir())[0]
+    embedded = subprocess.run(
+        [*cli, "embed", "--model", str(out), str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    vector = json.loads(embedded.stdout)["vector"]
+    assert len(vector) == 128
+    assert sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-4)
