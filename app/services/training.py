@@ -93,6 +93,7 @@ class TrainingJobs:
                 raise Conflict(f"training job {self._job_id} is still running")
             job_id = uuid.uuid4().hex[:16]
             job_dir = self.jobs_dir / job_id
+            job_dir.mkdir(parents=True)
             try:
                 dataset_dir = self._prepare_dataset(options["dataset"], archive, job_dir)
                 spec = self._spec(options, dataset_dir, job_dir)
@@ -151,7 +152,7 @@ class TrainingJobs:
         if source == "directory":
             return self._allowed_directory(str(dataset.get("path", "")))
         target = job_dir / "dataset"
-        target.mkdir(parents=True)
+        target.mkdir()
         if source == "items":
             self._export_items(target)
         elif source == "archive":

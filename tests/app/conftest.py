@@ -1,0 +1,42 @@
+"""API test fixtures: the real app, with its lifespan, over a fresh data directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import CIFAR, DEFAULT_MODEL
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(data_dir=data_dir, model_dir=DEFAULT_MODEL, **overrides)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path / "data"))) as test_client:
+        yield test_client
+
+
+def cifar_upload(label: str, start: int, count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """``count`` real CIFAR-10 images of ``label`` as multipart ``files`` fields."""
+    paths = sorted((CIFAR / label).iterdir())[start : start + count]
+    return [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def add(client: TestClient, label: str, start: int, count: int) -> list[int]:
+    response = client.post(
+        "/items", files=cifar_upload(label, start, count), data={"labels": label}
+    )
+    assert response.status_code == 201, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+def item_count(client: TestClient) -> int:
+    return int(client.get("/items", params={"limit": 1}).json()["total"])

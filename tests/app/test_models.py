@@ -1,0 +1,76 @@
+import time
+from pathlib import Path
+
+import torch
+from fastapi.testclient import TestClient
+
+from model.checkpoint import save_model
+from model.config import ModelConfig
+from model.network import EmbeddingNet
+from tests.app.conftest import add
+
+
+def register_second_model(client: TestClient, tmp_path: Path) -> str:
+    """A second real model (64-d, so a mix of two models could not go unnoticed)."""
+    torch.manual_seed(1)
+    net = EmbeddingNet(ModelConfig(embedding_dim=64, labels=("bird", "cat")))
+    save_model(net, tmp_path / "second", metrics={"val_precision_at_1": 0.5})
+    services = client.app.state.services  # type: ignore[attr-defined]
+    return services.models.register(tmp_path / "second", "test").version
+
+
+def test_active_model_description(client: TestClient) -> None:
+    body = client.get("/model").json()
+    assert body["backbone"] == "resnet18" and body["model_type"] == "triplet"
+    assert body["embedding_dim"] == 128 and body["input_size"] == 32
+    assert "val_precision_at_1" in body["metrics"]
+    versions = client.get("/models").json()
+    assert [m["active"] for m in versions["models"]] == [True]
+
+
+def test_activation_re_embeds_and_rollback_restores(client: TestClient, tmp_path: Path) -> None:
+    ids = add(client, "cat", 0, 5) + add(client, "bird", 0, 5)
+    default = client.get("/model").json()["version"]
+    second = register_second_model(client, tmp_path)
+    response = client.post(f"/models/{second}/activate", params={"wait": True})
+    assert response.status_code == 200, response.text
+    assert response.json()["reembedded"] == 10
+    assert client.get("/model").json()["embedding_dim"] == 64
+    body = client.post("/search", json={"id": ids[0], "k": 20}).json()
+    assert body["model_version"] == second and len(body["neighbors"]) == 9
+    vector = client.post("/embed", files=[("files", ("a.jpg", b"x"))])
+    assert vector.status_code == 415
+    assert client.get(f"/items/{ids[0]}").json()["model_version"] == second
+    response = client.post(f"/models/{default}/activate")
+    assert response.status_code == 202
+    for _ in range(200):
+        if client.get("/model").json()["version"] == default:
+            break
+        time.sleep(0.05)
+    assert client.get("/model").json()["embedding_dim"] == 128
+    assert client.post("/models/" + default + "/activate").json()["status"] == "active"
+    listed = {m["version"]: m["active"] for m in client.get("/models").json()["models"]}
+    assert listed == {default: True, second: False}
+
+
+def test_unknown_version_is_404(client: TestClient) -> None:
+    assert client.post("/models/nope/activate").status_code == 404
+
+
+def test_items_added_during_activation_get_new_vectors(client: TestClient, tmp_path: Path) -> None:
+    add(client, "cat", 0, 3)
+    second = register_second_model(client, tmp_path)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    original = services.models._embed_missing
+    added: list[int] = []
+
+    def add_during(embedder, version):  # type: ignore[no-untyped-def]
+        if not added:
+            added.extend(add(client, "bird", 0, 2))
+        return original(embedder, version)
+
+    services.models._embed_missing = add_during
+    client.post(f"/models/{second}/activate", params={"wait": True})
+    for item_id in added:
+        body = client.post("/search", json={"id": item_id, "k": 10}).json()
+        assert body["model_version"] == second and len(body["neighbors"]) == 4

@@ -1,0 +1,100 @@
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import add, cifar_upload
+
+
+@pytest.fixture
+def stocked(client: TestClient) -> TestClient:
+    add(client, "cat", 0, 8)
+    add(client, "bird", 0, 8)
+    return client
+
+
+def test_search_by_image(stocked: TestClient) -> None:
+    query = cifar_upload("cat", 100, 1)[0][1]
+    response = stocked.post("/search", files={"file": query}, data={"k": "5"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["neighbors"]) == 5
+    scores = [n["score"] for n in body["neighbors"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["prediction"]["label"] in ("cat", "bird")
+    assert 0.5 <= body["prediction"]["confidence"] <= 1.0
+    assert body["model_version"] == stocked.get("/model").json()["version"]
+
+
+def test_search_by_stored_id_leaves_the_item_out(stocked: TestClient) -> None:
+    body = stocked.post("/search", json={"id": 1, "k": 3}).json()
+    assert len(body["neighbors"]) == 3 and 1 not in [n["id"] for n in body["neighbors"]]
+
+
+def test_identical_image_is_its_own_nearest_neighbour(stocked: TestClient) -> None:
+    query = cifar_upload("bird", 3, 1)[0][1]
+    top = stocked.post("/search", files={"file": query}, data={"k": "1"}).json()["neighbors"][0]
+    assert top["id"] == 12 and top["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_search_by_vector_with_label_filter(stocked: TestClient) -> None:
+    vector = stocked.post("/embed", files=cifar_upload("cat", 0, 1)).json()["embeddings"][0]
+    body = stocked.post(
+        "/search", json={"vector": vector["vector"], "k": 4, "label": "bird"}
+    ).json()
+    assert len(body["neighbors"]) == 4 and {n["label"] for n in body["neighbors"]} == {"bird"}
+    assert stocked.post("/search", json={"id": 1, "label": "dog"}).json()["neighbors"] == []
+
+
+def test_k_larger_than_the_store_returns_everything(stocked: TestClient) -> None:
+    assert len(stocked.post("/search", json={"id": 1, "k": 1000}).json()["neighbors"]) == 15
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"id": 1, "k": 0}, 422),
+        ({"id": 1, "k": -3}, 422),
+        ({"id": 1, "k": 10**9}, 422),
+        ({"id": 99999}, 404),
+        ({"vector": [0.1] * 5}, 400),
+        ({"vector": [0.0] * 128}, 400),
+        ({}, 400),
+        ({"id": 1, "vector": [0.1] * 128}, 400),
+        ({"id": 1, "extra": True}, 422),
+        ({"id": "one"}, 422),
+    ],
+)
+def test_bad_queries(stocked: TestClient, body: dict, status: int) -> None:
+    assert stocked.post("/search", json=body).status_code == status
+
+
+def test_nan_vector_is_refused(stocked: TestClient) -> None:
+    raw = '{"vector": [' + ", ".join(["NaN"] * 128) + "]}"
+    response = stocked.post("/search", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422)
+
+
+def test_bad_content(stocked: TestClient) -> None:
+    assert (
+        stocked.post("/search", content=b"x", headers={"content-type": "text/plain"}).status_code
+        == 415
+    )
+    assert (
+        stocked.post(
+            "/search", content=b"{", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
+    assert stocked.post("/search", files={"other": ("a.jpg", b"x")}).status_code == 400
+    assert stocked.post("/search", files={"file": ("a.jpg", b"nope")}).status_code == 415
+    bad_k = stocked.post(
+        "/search", files={"file": cifar_upload("cat", 0, 1)[0][1]}, data={"k": "x"}
+    )
+    assert bad_k.status_code == 422
+
+
+def test_embed_returns_unit_vectors(client: TestClient) -> None:
+    body = client.post("/embed", files=cifar_upload("bird", 0, 3)).json()
+    assert body["dim"] == 128 and len(body["embeddings"]) == 3
+    vector = body["embeddings"][0]["vector"]
+    assert sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-3)
+    assert client.post("/embed").status_code == 422

@@ -1,0 +1,153 @@
+"""Training jobs through the API; each job trains in its own process."""
+
+import io
+import json
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.app.conftest import add, make_settings
+from tests.conftest import CIFAR
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(client: TestClient, job_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/train/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def class_folders(root: Path, per_class: int = 12) -> Path:
+    for label in ("cat", "bird"):
+        (root / label).mkdir(parents=True)
+        for path in sorted((CIFAR / label).iterdir())[:per_class]:
+            (root / label / path.name).write_bytes(path.read_bytes())
+    return root
+
+
+def zipped(entries: dict[str, bytes], link: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+def test_train_on_items_then_activate(client: TestClient) -> None:
+    add(client, "cat", 0, 16)
+    add(client, "bird", 0, 16)
+    before = client.get("/model").json()["version"]
+    response = client.post(
+        "/train",
+        json={"dataset": {"source": "items"}, "epochs": 1, "batch_size": 16, "activate": "always"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert client.post("/train", json={"epochs": 1}).status_code == 409
+    job = wait_for(client, job_id)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["history"][0]["epoch"] == 1 and "val_precision_at_1" in job["history"][0]
+    assert (
+        job["metrics"]["val_precision_at_1"] >= 0
+        and job["metrics"]["baseline"]["version"] == before
+    )
+    assert job["activated"] is True
+    assert client.get("/model").json()["version"] == job["model_version"] != before
+    assert client.post("/search", json={"id": 1, "k": 40}).json()["neighbors"].__len__() == 31
+    assert [j["job_id"] for j in client.get("/train").json()["jobs"]] == [job_id]
+    assert len(client.get("/models").json()["models"]) == 2
+
+
+def test_cancel_a_running_job(client: TestClient) -> None:
+    add(client, "cat", 0, 16)
+    add(client, "bird", 0, 16)
+    job_id = client.post("/train", json={"epochs": 200, "batch_size": 16}).json()["job_id"]
+    deadline = time.monotonic() + 120
+    while not client.get(f"/train/{job_id}").json()["progress"].get("step"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert client.delete(f"/train/{job_id}").status_code == 200
+    job = wait_for(client, job_id)
+    assert job["status"] == "cancelled" and job["model_version"] is None
+    assert client.delete(f"/train/{job_id}").status_code == 409
+    assert client.delete("/train/unknown").status_code == 404
+
+
+def test_too_few_labels(client: TestClient) -> None:
+    add(client, "cat", 0, 4)
+    assert client.post("/train", json={"epochs": 1}).status_code == 400
+
+
+def test_directory_source_is_confined_to_the_roots(tmp_path: Path) -> None:
+    root = class_folders(tmp_path / "allowed" / "set")
+    outside = class_folders(tmp_path / "outside")
+    settings = make_settings(tmp_path / "data", train_roots=[tmp_path / "allowed"])
+    with TestClient(create_app(settings)) as client:
+        for path in (str(outside), str(root / ".." / ".." / "outside"), "/etc", ""):
+            body = {"dataset": {"source": "directory", "path": path}, "epochs": 1}
+            assert client.post("/train", json=body).status_code == 400, path
+        body = {"dataset": {"source": "directory", "path": str(root)}, "epochs": 1, "batch_size": 8}
+        response = client.post("/train", json=body)
+        assert response.status_code == 202
+        assert wait_for(client, response.json()["job_id"])["status"] == "succeeded"
+
+
+def test_archive_source(client: TestClient) -> None:
+    entries = {
+        f"set/{label}/{p.name}": p.read_bytes()
+        for label in ("cat", "bird")
+        for p in sorted((CIFAR / label).iterdir())[:10]
+    }
+    params = json.dumps({"epochs": 1, "batch_size": 8, "activate": "never"})
+    response = client.post(
+        "/train", files={"archive": ("set.zip", zipped(entries))}, data={"params": params}
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["job_id"])
+    assert job["status"] == "succeeded" and job["activated"] is False
+    assert job["metrics"]["train_images"] == 16
+
+
+@pytest.mark.parametrize(
+    "archive",
+    [
+        zipped({"../evil/x.jpg": b"x", "cat/a.jpg": b"x"}),
+        zipped({"/abs/cat/x.jpg": b"x"}),
+        zipped({"cat/a.jpg": b"x"}, link="bird/link.jpg"),
+        zipped({"cat/bomb.jpg": b"\0" * 5_000_000, "bird/b.jpg": b"x"}),
+        zipped({"flat.jpg": b"x"}),
+        zipped({"bad label!/a.jpg": b"x", "bird/b.jpg": b"x"}),
+        b"not a zip at all",
+    ],
+)
+def test_hostile_archives_are_refused(client: TestClient, archive: bytes) -> None:
+    response = client.post("/train", files={"archive": ("x.zip", archive)})
+    assert response.status_code == 400, response.text
+    assert client.get("/train").json()["jobs"] == []
+
+
+def test_bad_train_parameters(client: TestClient) -> None:
+    for body in (
+        {"epochs": 0},
+        {"lr": 5},
+        {"mining": "hardest"},
+        {"model_type": "octet"},
+        {"dataset": {"source": "s3"}},
+        {"unknown": 1},
+    ):
+        assert client.post("/train", json=body).status_code == 422, body
+    assert client.post("/train", json={"embedding_dim": 64}).status_code == 400
