@@ -74,8 +74,8 @@ def decode_with_format(
             image.draft("RGB", (target_size, target_size))
         image.load()  # GIF and WebP: the first frame only
         image_format = str(image.format)
-        image = ImageOps.exif_transpose(image) or image
-        return _to_rgb(image), image_format
+        upright: Image.Image = ImageOps.exif_transpose(image) or image
+        return _to_rgb(upright), image_format
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError("corrupt", f"unreadable image: {exc}") from exc
 

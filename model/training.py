@@ -181,7 +181,9 @@ def evaluate(
     if clusters:
         k = len(set(query_labels))
         grouping = kmeans(query_vectors, k, seed=seed)
-        metrics.update(clustering_metrics(query_labels, grouping.assignments, query_vectors))
+        metrics.update(
+            clustering_metrics(query_labels, grouping.assignments.tolist(), query_vectors)
+        )
     metrics["queries"] = float(len(queries))
     return metrics
 
@@ -318,7 +320,8 @@ def train(
 
     augmentation = build_augmentation(recipe.input_size, recipe.augmentation)
     state_dir = out_dir / STATE_DIR
-    first_epoch, step, history = 0, 0, []
+    first_epoch, step = 0, 0
+    history: list[dict[str, Any]] = []
     resumed = _load_state(state_dir, net, optimizer, recipe)
     if resumed is not None:
         first_epoch, step, history = resumed
@@ -327,6 +330,18 @@ def train(
     gallery = subset(data.train, recipe.eval_gallery_limit, recipe.seed)
     started = time.perf_counter()
     for epoch in range(first_epoch, recipe.epochs):
+
+        def on_step(step_in_epoch: int, loss: float, epoch: int = epoch) -> None:
+            emit(
+                {
+                    "event": "step",
+                    "epoch": epoch + 1,
+                    "step": step_in_epoch,
+                    "steps": steps_per_epoch,
+                    "loss": loss,
+                }
+            )
+
         stats = train_one_epoch(
             net,
             loss_fn,
@@ -337,9 +352,7 @@ def train(
             bf16=recipe.bf16,
             schedule=schedule,
             first_step=step,
-            on_step=lambda s, loss, e=epoch: emit(
-                {"event": "step", "epoch": e + 1, "step": s, "steps": steps_per_epoch, "loss": loss}
-            ),
+            on_step=on_step,
             should_stop=should_stop,
         )
         step += stats.steps

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -26,7 +27,8 @@ class VectorIndex:
     def __init__(self, version: str, dim: int) -> None:
         self.version = version
         self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # Any: faiss's SWIG-generated stubs do not describe its numpy-friendly wrappers
+        self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.Lock()
 
     @classmethod
@@ -57,7 +59,8 @@ class VectorIndex:
         data = np.ascontiguousarray(queries, dtype=np.float32)
         params = None
         if allowed is not None:
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype(np.int64)))
+            selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         with self._lock:
             k = max(1, min(k, max(1, self._index.ntotal)))
             scores, ids = self._index.search(data, k, params=params)

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t triplet-embed .   Run: docker compose up
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+# CPU-only torch and torchvision: a few hundred MB instead of the multi-GB CUDA build.
+RUN /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu \
+        torch==2.14.1 torchvision==0.29.1
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY model ./model
+RUN /opt/venv/bin/pip install .
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    EMBED_DATA_DIR=/data \
+    OMP_NUM_THREADS=2
+RUN useradd --system --uid 10001 --home-dir /data embed \
+    && mkdir -p /data && chown embed /data
+COPY --from=build /opt/venv /opt/venv
+USER embed
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"
+CMD ["triplet-embed", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -1,0 +1,112 @@
+"""End to end: a real server process, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import CIFAR, DEFAULT_MODEL, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[httpx.Client]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "EMBED_DATA_DIR": str(tmp_path / "data"),
+        "EMBED_MODEL_DIR": str(DEFAULT_MODEL),
+    }
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.3)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def files(label: str, start: int, count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    paths = sorted((CIFAR / label).iterdir())[start : start + count]
+    return [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def test_store_search_cluster_train_and_activate(server: httpx.Client) -> None:
+    for label in ("cat", "bird"):
+        for start in range(0, 100, 25):
+            response = server.post("/items", files=files(label, start, 25), data={"labels": label})
+            assert response.status_code == 201, response.text
+    assert server.get("/items").json()["total"] == 200
+
+    correct = 0
+    held_out = [(label, f) for label in ("cat", "bird") for f in files(label, 4900, 20)]
+    for label, (_, upload) in held_out:
+        body = server.post("/search", files={"file": upload}, data={"k": "10"}).json()
+        assert len(body["neighbors"]) == 10
+        correct += body["prediction"]["label"] == label
+    accuracy = correct / len(held_out)
+    print(f"kNN accuracy on 40 held-out CIFAR images: {accuracy:.2f}")
+    assert accuracy >= 0.6
+
+    clusters = server.post("/cluster", json={"k": 2}).json()
+    assert clusters["k"] == 2 and len(clusters["assignments"]) == 200
+    print("cluster metrics:", clusters["metrics"])
+
+    before = server.get("/model").json()["version"]
+    job = server.post("/train", json={"epochs": 1, "batch_size": 32, "activate": "never"}).json()
+    query = files("cat", 4800, 1)[0][1]
+    searches = 0
+    while True:
+        status = server.get(f"/train/{job['job_id']}").json()
+        if status["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        response = server.post("/search", files={"file": query}, data={"k": "5"})
+        assert response.status_code == 200 and response.json()["model_version"] == before
+        searches += 1
+    assert status["status"] == "succeeded", status["error"]
+    assert searches > 0
+    new_version = status["model_version"]
+
+    activated = server.post(f"/models/{new_version}/activate", params={"wait": "true"})
+    assert activated.status_code == 200 and activated.json()["reembedded"] == 200
+    assert server.get("/model").json()["version"] == new_version
+    items = server.get("/items", params={"limit": 1000}).json()
+    assert items["total"] == 200
+    for item in items["items"]:
+        assert item["model_version"] == new_version
+        hit = server.post("/search", json={"id": item["id"], "k": 1}).json()
+        assert hit["model_version"] == new_version and len(hit["neighbors"]) == 1
