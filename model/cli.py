@@ -18,6 +18,7 @@ from model.data import discover, load, split
 from model.embedding import Embedder, bf16_supported
 from model.mining import STRATEGIES
 from model.preprocessing import ImageDecodeError, load_image_file
+from model.report import evaluate_per_root, plot_projection, plot_training_curve
 from model.training import TrainRecipe, evaluate, train
 
 DEFAULT_DATA = Path("../shared/data")
@@ -87,7 +88,19 @@ def add_subcommands(sub: Any) -> None:
     e.add_argument("--max-per-class", type=int)
     e.add_argument("--val-fraction", type=float, default=0.2)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--per-root",
+        action="store_true",
+        help="with --data: split all roots together, report each root's held-out images",
+    )
     e.set_defaults(handler=run_eval)
+
+    r = sub.add_parser("report", help="write model-card figures (training curve, projection)")
+    r.add_argument("--model", type=Path, required=True)
+    r.add_argument("--data", type=Path, action="append", required=True)
+    r.add_argument("--classes", type=_classes)
+    r.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    r.set_defaults(handler=run_report)
 
     m = sub.add_parser("embed", help="print the embedding of each image as JSON lines")
     m.add_argument("--model", type=Path, required=True)
@@ -143,6 +156,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     embedder = Embedder.from_dir(args.model)
     config = embedder.config
+    if args.data and args.per_root:
+        per_root = evaluate_per_root(
+            embedder, args.data, args.classes, args.val_fraction, args.seed
+        )
+        version = embedder.card.version if embedder.card else None
+        print(json.dumps({"model": version, "per_root": per_root}, indent=2))
+        return 0
     if args.data:
         samples = discover(args.data, args.classes, args.max_per_class, args.seed)
         gallery_samples, query_samples = split(samples, args.val_fraction, args.seed)
@@ -166,6 +186,21 @@ def run_eval(args: argparse.Namespace) -> int:
         "queries": len(queries),
     }
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("report needs matplotlib: pip install -e '.[dev]'", file=sys.stderr)
+        return 2
+    embedder = Embedder.from_dir(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if embedder.card and embedder.card.history:
+        plot_training_curve(embedder.card.history, args.out / "training_curve.png")
+    plot_projection(embedder, args.data, args.classes, args.out / "projection.png")
+    print(f"wrote figures to {args.out}")
     return 0
 
 

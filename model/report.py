@@ -1,0 +1,98 @@
+"""Model-card figures and per-data-set metrics for a trained model.
+
+``evaluate_per_root`` repeats the training run's seeded split over all the given roots
+together (so the held-out images are exactly those training never saw) and measures each
+root's held-out images against that root's training images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.data import Sample, discover, load, split
+from model.embedding import Embedder
+from model.training import evaluate
+
+
+def _under(samples: list[Sample], root: Path) -> list[Sample]:
+    resolved = root.resolve()
+    return [s for s in samples if s.path.resolve().is_relative_to(resolved)]
+
+
+def evaluate_per_root(
+    embedder: Embedder,
+    roots: list[Path],
+    classes: list[str] | None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    samples = discover(roots, classes, None, seed)
+    train_samples, val_samples = split(samples, val_fraction, seed)
+    names = sorted({s.label for s in samples})
+    size = embedder.config.input_size
+    results: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        queries = load(_under(val_samples, root), size, names)
+        gallery = load(_under(train_samples, root), size, names)
+        metrics = evaluate(embedder, queries, gallery, seed=seed)
+        results[str(root)] = {**metrics, "gallery": float(len(gallery))}
+    return results
+
+
+def plot_training_curve(history: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, left = plt.subplots(figsize=(6, 3.5), dpi=110)
+    left.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss", color="tab:blue")
+    right = left.twinx()
+    right.plot(
+        epochs,
+        [h.get("val_precision_at_1", np.nan) for h in history],
+        color="tab:orange",
+        label="validation precision@1",
+    )
+    right.set_ylabel("validation precision@1", color="tab:orange")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_projection(
+    embedder: Embedder, roots: list[Path], classes: list[str] | None, out: Path, seed: int = 0
+) -> None:
+    """PCA of held-out embeddings, one panel per root, coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = discover(roots, classes, None, seed)
+    _, val_samples = split(samples, 0.2, seed)
+    names = sorted({s.label for s in samples})
+    fig, axes = plt.subplots(1, len(roots), figsize=(5 * len(roots), 4.5), dpi=110, squeeze=False)
+    for axis, root in zip(axes[0], roots, strict=True):
+        images = load(_under(val_samples, root), embedder.config.input_size, names)
+        vectors = embedder.embed_tensors(images.images)
+        centred = vectors - vectors.mean(axis=0)
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ components[:2].T
+        labels = np.array(images.label_names())
+        for name in names:
+            mask = labels == name
+            axis.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.6, label=name)
+        axis.set_title(f"{root.parent.name}/{root.name}: {len(labels)} held-out images")
+        axis.legend()
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
