@@ -1,6 +1,7 @@
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -74,3 +75,29 @@ def test_items_added_during_activation_get_new_vectors(client: TestClient, tmp_p
     for item_id in added:
         body = client.post("/search", json={"id": item_id, "k": 10}).json()
         assert body["model_version"] == second and len(body["neighbors"]) == 4
+
+
+def test_crash_during_activation_leaves_the_old_model(tmp_path: Path) -> None:
+    from app.main import create_app
+    from tests.app.conftest import make_settings
+
+    settings = make_settings(tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        add(client, "cat", 0, 4)
+        default = client.get("/model").json()["version"]
+        second = register_second_model(client, tmp_path)
+        services = client.app.state.services  # type: ignore[attr-defined]
+        original = services.models._embed_missing
+
+        def crash_midway(embedder, version):  # type: ignore[no-untyped-def]
+            original(embedder, version)
+            raise RuntimeError("simulated crash after re-embedding, before the swap")
+
+        services.models._embed_missing = crash_midway
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            client.post(f"/models/{second}/activate", params={"wait": True})
+        assert client.get("/model").json()["version"] == default
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/model").json()["version"] == default
+        body = client.post("/search", json={"id": 1, "k": 5}).json()
+        assert body["model_version"] == default and len(body["neighbors"]) == 3

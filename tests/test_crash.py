@@ -1,0 +1,109 @@
+"""Crash safety: SIGKILL the server while clients add items; nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import CIFAR, DEFAULT_MODEL, ROOT
+from tests.test_e2e import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "EMBED_DATA_DIR": str(data_dir), "EMBED_MODEL_DIR": str(DEFAULT_MODEL)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+
+
+def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    images = {
+        label: [p.read_bytes() for p in sorted((CIFAR / label).iterdir())[:60]]
+        for label in ("cat", "bird")
+    }
+    acknowledged: dict[int, str] = {}
+    lock = threading.Lock()
+    port = free_port()
+    log = tmp_path / "server.log"
+    for round_ in range(3):
+        process = start(tmp_path / "data", port, log)
+        stop = threading.Event()
+
+        def client_loop(seed: int, stop: threading.Event) -> None:
+            local = random.Random(seed)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                while not stop.is_set():
+                    label = local.choice(["cat", "bird"])
+                    data = local.choice(images[label])
+                    try:
+                        response = client.post(
+                            "/items",
+                            files={"files": ("x.jpg", data, "image/jpeg")},
+                            data={"labels": label},
+                        )
+                    except httpx.TransportError:
+                        return  # the server died mid-request: not acknowledged
+                    if response.status_code == 201:
+                        with lock:
+                            for item in response.json()["items"]:
+                                acknowledged[item["id"]] = label
+
+        threads = [
+            threading.Thread(target=client_loop, args=(round_ * 10 + i, stop)) for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(rng.uniform(1.0, 3.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    assert len(acknowledged) > 10
+    process = start(tmp_path / "data", port, log)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for item_id, label in acknowledged.items():
+                item = client.get(f"/items/{item_id}")
+                assert item.status_code == 200, item_id
+                assert item.json()["label"] == label
+                hit = client.post("/search", json={"id": item_id, "k": 1})
+                assert hit.status_code == 200 and len(hit.json()["neighbors"]) == 1
+            total = client.get("/items").json()["total"]
+            index_size = next(
+                float(line.split()[-1])
+                for line in client.get("/metrics").text.splitlines()
+                if line.startswith("embed_index_vectors")
+            )
+            assert index_size == total >= len(acknowledged)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
