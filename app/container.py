@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from app.observability import Metrics
+from app.services.batching import InferenceBatcher
 from app.services.catalog import Catalog
 from app.services.models import ModelService
 from app.services.runtime import Runtime
@@ -38,7 +39,12 @@ class Services:
         data.mkdir(parents=True, exist_ok=True)
         db = Database(data / "store.sqlite3")
         images = ImageStore(data / "images")
-        runtime = Runtime(settings.max_image_pixels)
+        batcher = InferenceBatcher(
+            settings.batch_max_images,
+            settings.batch_wait_ms / 1000,
+            on_batch=metrics.batch_size.observe,
+        )
+        runtime = Runtime(settings.max_image_pixels, batcher)
         catalog = Catalog(db, images, runtime)
         models = ModelService(
             db, images, runtime, catalog, data / "models", data / "index", settings.precision

@@ -32,7 +32,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "embed_batch_size",
-            "images per forward pass on the request path",
+            "images per forward pass (after dynamic batching)",
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     max_k: int = Field(default=1000, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     torch_threads: int = Field(default=0, ge=0)
+    batch_max_images: int = Field(default=64, ge=1, le=1024)
+    batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     seed_dir: Path | None = None
     max_archive_mb: float = Field(default=512.0, gt=0)
 

@@ -3,7 +3,8 @@
 A request takes ``runtime.snapshot`` once and uses that snapshot's embedder and index for
 its whole life, so a search never mixes vectors of two models even while a new model is
 being activated. Inference runs on one dedicated thread (torch parallelises inside it);
-decoding runs on a small pool of its own. Neither ever runs on the event loop.
+decoding runs on a small pool of its own. Concurrent requests share forward passes
+(see :mod:`app.services.batching`). Neither ever runs on the event loop.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 
 from app.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
+from app.services.batching import InferenceBatcher
 from app.store.index import VectorIndex
 from model.checkpoint import ModelCard
 from model.embedding import Embedder
@@ -41,11 +43,11 @@ class DecodedUpload:
 
 
 class Runtime:
-    def __init__(self, max_pixels: int, decode_workers: int = 2) -> None:
+    def __init__(self, max_pixels: int, batcher: InferenceBatcher, decode_workers: int = 2) -> None:
         self.max_pixels = max_pixels
         self._snapshot: Snapshot | None = None
         self._swap_lock = threading.Lock()
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._batcher = batcher
         self._decode = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="decode")
 
     @property
@@ -64,7 +66,7 @@ class Runtime:
             self._snapshot = snapshot
 
     def shutdown(self) -> None:
-        self._inference.shutdown(wait=True, cancel_futures=True)
+        self._batcher.close()
         self._decode.shutdown(wait=True, cancel_futures=True)
 
     def decode(self, files: Sequence[tuple[str, bytes]], input_size: int) -> list[DecodedUpload]:
@@ -94,4 +96,4 @@ class Runtime:
         return self.embed_tensors(embedder, torch.stack(tensors))
 
     def embed_tensors(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
-        return self._inference.submit(embedder.embed_tensors, batch).result()
+        return self._batcher.embed(embedder, batch)

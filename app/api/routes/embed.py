@@ -31,7 +31,6 @@ async def embed(
     def work() -> list[list[float]]:
         uploads = services.runtime.decode(raw, snapshot.embedder.config.input_size)
         vectors = services.runtime.embed_images(snapshot.embedder, [u.image for u in uploads])
-        services.metrics.batch_size.observe(len(uploads))
         services.metrics.images_embedded.inc(len(uploads))
         return vectors.tolist()
 

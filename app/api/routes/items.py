@@ -82,7 +82,6 @@ async def add_items(
     def work() -> list[ItemRecord]:
         size = services.runtime.snapshot.embedder.config.input_size
         uploads = services.runtime.decode(raw, size)
-        services.metrics.batch_size.observe(len(uploads))
         services.metrics.images_embedded.inc(len(uploads))
         return services.catalog.add(uploads, item_labels, item_metadata)
 
