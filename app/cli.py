@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from model.cli import add_subcommands, configure_logging
 
@@ -22,6 +24,17 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_openapi(args: argparse.Namespace) -> int:
+    from app.main import create_app
+
+    text = json.dumps(create_app().openapi(), indent=2, sort_keys=True) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triplet-embed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=run_serve)
+    spec = sub.add_parser("openapi", help="print the service's OpenAPI schema")
+    spec.add_argument("--out", type=Path, help="write it to this file")
+    spec.set_defaults(handler=run_openapi)
     add_subcommands(sub)
     return parser
 

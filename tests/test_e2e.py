@@ -110,3 +110,28 @@ def test_store_search_cluster_train_and_activate(server: httpx.Client) -> None:
         assert item["model_version"] == new_version
         hit = server.post("/search", json={"id": item["id"], "k": 1}).json()
         assert hit["model_version"] == new_version and len(hit["neighbors"]) == 1
+
+
+def test_python_client(server: httpx.Client) -> None:
+    from app.client import EmbedClient, EmbedServiceError
+
+    cats = sorted((CIFAR / "cat").iterdir())[:3]
+    birds = sorted((CIFAR / "bird").iterdir())[:3]
+    with EmbedClient(str(server.base_url)) as client:
+        assert client.ready()
+        ids = client.add_items(cats, labels=["cat"], metadata={"via": "client"})
+        ids += client.add_items(birds, labels=["bird"])
+        assert client.get_item(ids[0])["metadata"] == {"via": "client"}
+        assert client.list_items(label="bird")["total"] == 3
+        vector = client.embed([cats[0]])[0]
+        assert client.search_vector(vector, k=1)["neighbors"][0]["id"] == ids[0]
+        assert len(client.search_item(ids[0], k=2)["neighbors"]) == 2
+        assert client.search_image(birds[1], k=1)["neighbors"][0]["id"] == ids[4]
+        assert client.cluster(k=2)["k"] == 2
+        client.delete_item(ids[0])
+        try:
+            client.get_item(ids[0])
+        except EmbedServiceError as error:
+            assert error.status == 404
+        else:
+            raise AssertionError("deleted item still readable")

@@ -1,0 +1,126 @@
+"""A small typed client for other Python services.
+
+    from app.client import EmbedClient
+    with EmbedClient("http://127.0.0.1:8000", api_key=None) as client:
+        ids = client.add_items([Path("cat.jpg")], labels=["cat"])
+        result = client.search_image(Path("query.jpg"), k=5)
+        print(result["prediction"])
+
+Errors come back as :class:`EmbedServiceError` with the HTTP status and the service's detail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import httpx2 as httpx
+
+
+class EmbedServiceError(Exception):
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class EmbedClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> EmbedClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text
+            raise EmbedServiceError(response.status_code, detail)
+        return response.json() if response.content else None
+
+    @staticmethod
+    def _files(paths: list[Path], field: str = "files") -> list[tuple[str, tuple[str, bytes]]]:
+        return [(field, (p.name, p.read_bytes())) for p in paths]
+
+    def ready(self) -> bool:
+        return self._http.get("/readyz").status_code == 200
+
+    def model(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/model"))
+
+    def embed(self, images: list[Path]) -> list[list[float]]:
+        body = self._call("POST", "/embed", files=self._files(images))
+        return [e["vector"] for e in body["embeddings"]]
+
+    def add_items(
+        self,
+        images: list[Path],
+        labels: list[str] | None = None,
+        metadata: dict[str, Any] | list[dict[str, Any]] | None = None,
+    ) -> list[int]:
+        data: dict[str, Any] = {}
+        if labels:
+            data["labels"] = labels
+        if metadata is not None:
+            data["metadata"] = json.dumps(metadata)
+        body = self._call("POST", "/items", files=self._files(images), data=data)
+        return [item["id"] for item in body["items"]]
+
+    def get_item(self, item_id: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/items/{item_id}"))
+
+    def list_items(
+        self, label: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if label is not None:
+            params["label"] = label
+        return dict(self._call("GET", "/items", params=params))
+
+    def delete_item(self, item_id: int) -> None:
+        self._call("DELETE", f"/items/{item_id}")
+
+    def search_image(self, image: Path, k: int = 10, label: str | None = None) -> dict[str, Any]:
+        data = {"k": str(k), **({"label": label} if label else {})}
+        files = {"file": (image.name, image.read_bytes())}
+        return dict(self._call("POST", "/search", files=files, data=data))
+
+    def search_item(self, item_id: int, k: int = 10, label: str | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/search", json={"id": item_id, "k": k, "label": label}))
+
+    def search_vector(
+        self, vector: list[float], k: int = 10, label: str | None = None
+    ) -> dict[str, Any]:
+        return dict(self._call("POST", "/search", json={"vector": vector, "k": k, "label": label}))
+
+    def cluster(
+        self, k: int | Literal["auto"] = 2, label: str | None = None, seed: int = 0
+    ) -> dict[str, Any]:
+        return dict(self._call("POST", "/cluster", json={"k": k, "label": label, "seed": seed}))
+
+    def train(self, **options: Any) -> dict[str, Any]:
+        return dict(self._call("POST", "/train", json=options))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/train/{job_id}"))
+
+    def activate(self, version: str, wait: bool = True) -> dict[str, Any]:
+        params = {"wait": "true" if wait else "false"}
+        return dict(self._call("POST", f"/models/{version}/activate", params=params))
