@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -89,7 +91,7 @@ class ItemList(BaseModel):
 class SearchQuery(Strict):
     """Search by a stored item's id or by a vector (exactly one of them)."""
 
-    id: int | None = Field(default=None, ge=1)
+    id: int | None = Field(default=None, ge=1, le=MAX_ID)
     vector: list[float] | None = Field(default=None, min_length=1, max_length=4096)
     k: int = Field(default=10, ge=1, le=1000)
     label: str | None = Field(default=None, max_length=64)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
 from app.api.responses import NOT_FOUND, UPLOAD_ERRORS
-from app.api.schemas import Item, ItemList, ItemsCreated, ItemSummary
+from app.api.schemas import MAX_ID, Item, ItemList, ItemsCreated, ItemSummary
 from app.api.uploads import read_files
 from app.errors import BadRequest
 from app.services.catalog import MAX_METADATA_BYTES, check_label
 from app.store.database import ItemRecord
 
 router = APIRouter(prefix="/items", tags=["items"])
+
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="item id")]
 
 
 def _labels(labels: list[str] | None, count: int) -> list[str | None]:
@@ -106,7 +108,7 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=Item, summary="Read one item", responses=NOT_FOUND)
-async def get_item(item_id: int, services: ServicesDep) -> Item:
+async def get_item(item_id: ItemId, services: ServicesDep) -> Item:
     record = await run_in_threadpool(services.catalog.get, item_id)
     return to_item(record, services.runtime.snapshot.version)
 
@@ -117,5 +119,5 @@ async def get_item(item_id: int, services: ServicesDep) -> Item:
     summary="Delete one item",
     responses=NOT_FOUND,
 )
-async def delete_item(item_id: int, services: ServicesDep) -> None:
+async def delete_item(item_id: ItemId, services: ServicesDep) -> None:
     await run_in_threadpool(services.catalog.delete, item_id)
