@@ -1,0 +1,79 @@
+"""Hostile and odd uploads through the API: clear 4xx, nothing stored; odd but valid images work."""
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tests.app.conftest import item_count
+from tests.conftest import image_bytes
+
+
+def post_one(client: TestClient, payload: bytes, name: str = "x.png"):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/items", files=[("files", (name, payload, "image/png"))], data={"labels": "x"}
+    )
+
+
+def test_decompression_bomb_is_refused_before_decoding(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, format="PNG")  # 81 Mpx in a tiny file
+    assert len(buffer.getvalue()) < 100_000
+    response = post_one(client, buffer.getvalue())
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
+    assert item_count(client) == 0
+
+
+def test_many_frame_gif_uses_its_first_frame(client: TestClient) -> None:
+    frames = [Image.new("RGB", (32, 32), (i, 0, 0)) for i in range(200)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    assert post_one(client, buffer.getvalue(), "anim.gif").status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("payload", "name"),
+    [
+        (image_bytes("JPEG", mode="CMYK"), "cmyk.jpg"),
+        (image_bytes("PNG", mode="I;16"), "deep.png"),
+        (image_bytes("PNG", mode="RGBA"), "alpha.png"),
+        (image_bytes("PNG", size=(1, 1)), "dot.png"),
+        (image_bytes("BMP"), "x.bmp"),
+        (image_bytes("WEBP"), "x.webp"),
+        (image_bytes("PNG"), "named-wrong.jpg"),
+    ],
+)
+def test_odd_but_valid_images_are_embedded(client: TestClient, payload: bytes, name: str) -> None:
+    response = client.post("/embed", files=[("files", (name, payload, "application/octet-stream"))])
+    assert response.status_code == 200, response.text
+    vector = response.json()["embeddings"][0]["vector"]
+    assert abs(sum(x * x for x in vector) - 1) < 1e-3
+
+
+def test_malformed_multipart_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/items",
+        content=b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\nunterminated',
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert 400 <= response.status_code < 500
+    assert item_count(client) == 0
+
+
+def test_content_length_over_the_limit_is_refused_before_reading(client: TestClient) -> None:
+    response = client.post(
+        "/embed",
+        content=b"x" * 10,
+        headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(10**10)},
+    )
+    assert response.status_code == 413
+
+
+def test_too_many_fields(client: TestClient) -> None:
+    fields = {f"f{i}": "x" for i in range(1200)}
+    response = client.post(
+        "/items", data=fields, files=[("files", ("a.png", image_bytes(), "image/png"))]
+    )
+    assert response.status_code == 400
+    assert item_count(client) == 0
