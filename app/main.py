@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import require_api_key
 from app.api.middleware import BodySizeLimit, RequestContext
-from app.api.routes import cluster, embed, health, items, models, search, train
+from app.api.routes import cluster, embed, health, items, models, search, train, ui
 from app.container import Services
 from app.errors import ServiceError
 from app.observability import Metrics
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     app.include_router(health.router)
+    app.include_router(ui.router)  # the page is static; its API calls carry the key
     protected = [Depends(require_api_key)]
     app.include_router(health.metrics_router, dependencies=protected)
     for module in (models, embed, items, search, cluster, train):

@@ -119,6 +119,7 @@ class ClusterRequest(Strict):
     k: int | Literal["auto"] = Field(default=2, description="number of clusters, or 'auto'")
     label: str | None = Field(default=None, max_length=64)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    projection: bool = Field(default=False, description="also return 2-D PCA coordinates")
 
 
 class ClusterSummary(BaseModel):
@@ -140,12 +141,19 @@ class ClusterMetrics(BaseModel):
     silhouette: float | None
 
 
+class Point(BaseModel):
+    id: int
+    x: float
+    y: float
+
+
 class ClusterResponse(BaseModel):
     k: int
     model_version: str
     clusters: list[ClusterSummary]
     assignments: list[Assignment]
     metrics: ClusterMetrics
+    projection: list[Point] | None = None
 
 
 class Dataset(Strict):

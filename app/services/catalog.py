@@ -158,7 +158,9 @@ class Catalog:
 
     # --- clustering ------------------------------------------------------------------------
 
-    def cluster(self, k: int | str, label: str | None, seed: int) -> dict[str, Any]:
+    def cluster(
+        self, k: int | str, label: str | None, seed: int, projection: bool = False
+    ) -> dict[str, Any]:
         snapshot = self.runtime.snapshot
         ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
         labels_by_id = dict(self.db.labelled_items())
@@ -213,7 +215,23 @@ class Catalog:
                 for i, c in zip(ids, grouping.assignments, strict=True)
             ],
             "metrics": metrics,
+            "projection": project_2d(ids, vectors) if projection else None,
         }
+
+
+def project_2d(ids: np.ndarray, vectors: np.ndarray) -> list[dict[str, float]]:
+    """The first two principal components of the vectors, for plotting."""
+    centred = vectors - vectors.mean(axis=0)
+    if len(vectors) < 2:
+        points = np.zeros((len(vectors), 2))
+    else:
+        _, _, components = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ components[:2].T
+        if points.shape[1] < 2:
+            points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+    return [
+        {"id": int(i), "x": float(x), "y": float(y)} for i, (x, y) in zip(ids, points, strict=True)
+    ]
 
 
 def predict(neighbors: Sequence[Neighbor]) -> dict[str, Any] | None:

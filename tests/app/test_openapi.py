@@ -22,6 +22,8 @@ def test_every_endpoint_of_the_design_is_documented() -> None:
         "/embed": {"post"},
         "/items": {"get", "post"},
         "/items/{item_id}": {"get", "delete"},
+        "/items/{item_id}/image": {"get"},
+        "/ui": {"get"},
         "/search": {"post"},
         "/cluster": {"post"},
         "/train": {"get", "post"},

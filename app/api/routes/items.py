@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
@@ -18,6 +19,13 @@ from app.store.database import ItemRecord
 
 router = APIRouter(prefix="/items", tags=["items"])
 
+IMAGE_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "bmp": "image/bmp",
+    "gif": "image/gif",
+}
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="item id")]
 
 
@@ -111,6 +119,18 @@ async def list_items(
 async def get_item(item_id: ItemId, services: ServicesDep) -> Item:
     record = await run_in_threadpool(services.catalog.get, item_id)
     return to_item(record, services.runtime.snapshot.version)
+
+
+@router.get(
+    "/{item_id}/image",
+    summary="The stored image of one item",
+    response_class=FileResponse,
+    responses={**NOT_FOUND, 200: {"content": {"image/*": {}}}},
+)
+async def get_item_image(item_id: ItemId, services: ServicesDep) -> FileResponse:
+    record = await run_in_threadpool(services.catalog.get, item_id)
+    path = services.catalog.images.path(record.image_hash, record.image_ext)
+    return FileResponse(path, media_type=IMAGE_TYPES[record.image_ext])
 
 
 @router.delete(

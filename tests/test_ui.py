@@ -1,0 +1,83 @@
+"""The web page in a real headless Chromium: search by upload, then the cluster plots."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import CIFAR
+from tests.test_crash import start
+from tests.test_e2e import free_port
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1200,1400",
+]
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("Debian's chromium and chromium-driver are needed (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def test_search_and_cluster_in_the_browser(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    port = free_port()
+    process = start(tmp_path / "data", port, tmp_path / "server.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for label in ("cat", "bird"):
+                paths = sorted((CIFAR / label).iterdir())[:15]
+                files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+                assert client.post("/items", files=files, data={"labels": label}).status_code == 201
+        browser.get(f"{base}/ui")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: "model " in b.find_element(By.ID, "model").text)
+        query = sorted((CIFAR / "cat").iterdir())[4000]
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        browser.find_element(By.ID, "search").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "figure.neighbor img")) == 8)
+        images = browser.find_elements(By.CSS_SELECTOR, "figure.neighbor img")
+        wait.until(
+            lambda b: all(b.execute_script("return arguments[0].naturalWidth", i) for i in images)
+        )
+        assert "prediction:" in browser.find_element(By.ID, "prediction").text
+        browser.find_element(By.ID, "cluster").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#by-label circle")) == 30)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#by-cluster circle")) == 30
+        assert "purity" in browser.find_element(By.ID, "cluster-metrics").text
+        assert browser.find_element(By.ID, "status").text == ""
+        screenshot = tmp_path / "ui.png"
+        assert browser.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 20_000
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
