@@ -1,4 +1,4 @@
-"""Command-line subcommands of the ML core: ``train``, ``eval`` and ``embed``.
+"""Command-line subcommands of the ML core: ``train``, ``eval``, ``report``, ``export``, ``embed``.
 
 ``app.cli`` adds ``serve`` and is the ``triplet-embed`` entry point; keeping these here lets
 the ML core run without the web service.
@@ -102,6 +102,11 @@ def add_subcommands(sub: Any) -> None:
     r.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     r.set_defaults(handler=run_report)
 
+    x = sub.add_parser("export", help="export the embedding network to ONNX")
+    x.add_argument("--model", type=Path, required=True)
+    x.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    x.set_defaults(handler=run_export)
+
     m = sub.add_parser("embed", help="print the embedding of each image as JSON lines")
     m.add_argument("--model", type=Path, required=True)
     m.add_argument("images", type=Path, nargs="+")
@@ -201,6 +206,18 @@ def run_report(args: argparse.Namespace) -> int:
         plot_training_curve(embedder.card.history, args.out / "training_curve.png")
     plot_projection(embedder, args.data, args.classes, args.out / "projection.png")
     print(f"wrote figures to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        from model.export import export_onnx
+
+        path = export_onnx(args.model, args.out)
+    except ImportError as exc:
+        print(f"export needs onnx and onnxscript: pip install -e '.[dev]' ({exc})", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
     return 0
 
 
