@@ -32,3 +32,12 @@ def print_table(title: str, rates: dict[str, float], baseline: str, unit: str = 
     base = rates[baseline]
     for name, rate in rates.items():
         print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

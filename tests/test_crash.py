@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from bench.common import free_port
 from tests.conftest import CIFAR, DEFAULT_MODEL, ROOT
-from tests.test_e2e import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from schemathesis.checks import (
     response_schema_conformance,
 )
 
+from bench.common import free_port
 from tests.conftest import CIFAR
 from tests.test_crash import start
-from tests.test_e2e import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from bench.common import free_port
 from tests.conftest import CIFAR
 from tests.test_crash import start
-from tests.test_e2e import free_port
 
 pytestmark = pytest.mark.slow
 
