@@ -17,6 +17,7 @@ from app.services.training import TrainingJobs
 from app.settings import Settings
 from app.store.database import Database
 from app.store.images import ImageStore
+from app.store.index import IndexPolicy
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class Services:
             settings.batch_wait_ms / 1000,
             on_batch=metrics.batch_size.observe,
         )
-        runtime = Runtime(settings.max_image_pixels, batcher)
+        policy = IndexPolicy(settings.index_kind, settings.ann_threshold, settings.ivf_nprobe)
+        runtime = Runtime(settings.max_image_pixels, batcher, policy)
         catalog = Catalog(db, images, runtime)
         models = ModelService(
             db, images, runtime, catalog, data / "models", data / "index", settings.precision

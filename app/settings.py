@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0)
     batch_max_images: int = Field(default=64, ge=1, le=1024)
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    index_kind: Literal["auto", "flat", "ivf"] = "auto"
+    ann_threshold: int = Field(default=200_000, ge=1)
+    ivf_nprobe: int = Field(default=32, ge=1, le=65536)
     seed_dir: Path | None = None
     max_archive_mb: float = Field(default=512.0, gt=0)
 

@@ -7,15 +7,16 @@ import re
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from app.errors import BadRequest, NotFound
-from app.services.runtime import DecodedUpload, Runtime
+from app.services.runtime import DecodedUpload, Runtime, Snapshot
 from app.store.database import Database, ItemRecord, NewItem
 from app.store.images import EXTENSIONS, ImageStore
+from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans
 from model.metrics import clustering_metrics, silhouette
 
@@ -76,8 +77,19 @@ class Catalog:
                 new_items.append(NewItem(label, meta, upload.filename, image_hash, ext, vector))
             ids = self.db.add_items(new_items, snapshot.version)
             snapshot.index.add(np.array(ids, dtype=np.int64), vectors)
+            self._fit_index(snapshot)
         records = self.db.get_items(ids)
         return [records[i] for i in ids]
+
+    def _fit_index(self, snapshot: Snapshot) -> None:
+        """Rebuilds the index when the item count crosses into another kind's range
+        (exact below the threshold, approximate above); called under ``write_lock``."""
+        policy = self.runtime.index_policy
+        if policy.kind_for(len(snapshot.index)) == snapshot.index.kind:
+            return
+        ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
+        index = VectorIndex.build(snapshot.version, ids, vectors, policy)
+        self.runtime.swap(replace(snapshot, index=index))
 
     def get(self, item_id: int) -> ItemRecord:
         record = self.db.get_item(item_id)
@@ -93,7 +105,9 @@ class Catalog:
             record = self.db.delete_item(item_id)
             if record is None:
                 raise NotFound(f"item {item_id} not found")
-            self.runtime.snapshot.index.remove(np.array([item_id], dtype=np.int64))
+            snapshot = self.runtime.snapshot
+            snapshot.index.remove(np.array([item_id], dtype=np.int64))
+            self._fit_index(snapshot)
         if not self.db.image_in_use(record.image_hash):
             self.images.remove(record.image_hash, record.image_ext)
         return record

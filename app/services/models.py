@@ -114,10 +114,11 @@ class ModelService:
         self.db.drop_vectors_except(active)  # those of an activation a crash interrupted
         self._embed_missing(embedder, active)
         generation = self.db.generation()
-        index = VectorIndex.load(self.index_dir, active, embedder.dim, generation)
+        policy = self.runtime.index_policy
+        index = VectorIndex.load(self.index_dir, active, embedder.dim, generation, policy)
         if index is None:
             ids, vectors = self.db.vectors(active, embedder.dim)
-            index = VectorIndex.build(active, ids, vectors)
+            index = VectorIndex.build(active, ids, vectors, policy)
             log.info("built index of %s from the database: %d vectors", active, len(index))
         self.runtime.swap(Snapshot(active, card, embedder, index))
 
@@ -156,7 +157,7 @@ class ModelService:
         with self.catalog.write_lock:
             count += self._embed_missing(embedder, version)
             ids, vectors = self.db.vectors(version, embedder.dim)
-            index = VectorIndex.build(version, ids, vectors)
+            index = VectorIndex.build(version, ids, vectors, self.runtime.index_policy)
             self.db.activate_model(version)
             self.runtime.swap(Snapshot(version, card, embedder, index))
             index.save(self.index_dir, self.db.generation())

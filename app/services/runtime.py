@@ -20,7 +20,7 @@ from PIL import Image
 
 from app.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
 from app.services.batching import InferenceBatcher
-from app.store.index import VectorIndex
+from app.store.index import IndexPolicy, VectorIndex
 from model.checkpoint import ModelCard
 from model.embedding import Embedder
 from model.preprocessing import ImageDecodeError, decode_with_format, prepare
@@ -43,8 +43,15 @@ class DecodedUpload:
 
 
 class Runtime:
-    def __init__(self, max_pixels: int, batcher: InferenceBatcher, decode_workers: int = 2) -> None:
+    def __init__(
+        self,
+        max_pixels: int,
+        batcher: InferenceBatcher,
+        index_policy: IndexPolicy,
+        decode_workers: int = 2,
+    ) -> None:
         self.max_pixels = max_pixels
+        self.index_policy = index_policy
         self._snapshot: Snapshot | None = None
         self._swap_lock = threading.Lock()
         self._batcher = batcher

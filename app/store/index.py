@@ -1,4 +1,9 @@
-"""The FAISS index of one model version's vectors: exact inner product over unit vectors.
+"""The FAISS index of one model version's vectors (unit vectors, inner product).
+
+Two kinds, chosen by :class:`IndexPolicy` from the item count:
+- ``flat``: exact search (``IndexIDMap2`` over ``IndexFlatIP``), the default for small sets;
+- ``ivf``: approximate search (``IndexIVFFlat``, ``nlist`` about 4 sqrt(N), ``nprobe`` lists
+  searched per query), for large sets. Both support adds and deletes by id.
 
 The index is an acceleration structure: the database holds every vector, and the saved copy
 (``<version>.faiss`` beside a JSON note of the database generation it reflects) is used at
@@ -11,9 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -22,20 +29,59 @@ from model.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
+IndexKind = Literal["flat", "ivf"]
+
+
+@dataclass(frozen=True)
+class IndexPolicy:
+    kind: Literal["auto", "flat", "ivf"] = "auto"
+    ann_threshold: int = 200_000
+    nprobe: int = 32
+
+    def kind_for(self, count: int) -> IndexKind:
+        if self.kind != "auto":
+            return self.kind
+        return "ivf" if count >= self.ann_threshold else "flat"
+
 
 class VectorIndex:
-    def __init__(self, version: str, dim: int) -> None:
+    def __init__(self, version: str, dim: int, kind: IndexKind = "flat", nprobe: int = 32) -> None:
         self.version = version
         self.dim = dim
+        self.kind = kind
+        self.nprobe = nprobe
         # Any: faiss's SWIG-generated stubs do not describe its numpy-friendly wrappers
         self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._quantizer: Any = None
         self._lock = threading.Lock()
 
     @classmethod
-    def build(cls, version: str, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
-        index = cls(version, vectors.shape[1])
+    def build(
+        cls,
+        version: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        policy: IndexPolicy | None = None,
+        seed: int = 0,
+    ) -> VectorIndex:
+        policy = policy or IndexPolicy()
+        kind = policy.kind_for(len(ids))
+        index = cls(version, vectors.shape[1], kind, policy.nprobe)
+        if kind == "ivf":
+            index._train_ivf(vectors, seed)
         index.add(ids, vectors)
         return index
+
+    def _train_ivf(self, vectors: np.ndarray, seed: int) -> None:
+        n = len(vectors)
+        nlist = int(min(65536, max(1, min(4 * math.sqrt(max(n, 1)), n // 39))))
+        self._quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(self._quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vectors if n <= nlist * 64 else vectors[rng.choice(n, nlist * 64, replace=False)]
+        ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
+        ivf.nprobe = self.nprobe
+        self._index = ivf
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -57,10 +103,11 @@ class VectorIndex:
         """Top-``k`` ``(scores, ids)`` per query; ``allowed`` restricts results to those ids.
         Missing results have id -1."""
         data = np.ascontiguousarray(queries, dtype=np.float32)
-        params = None
-        if allowed is not None:
-            selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
-            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        selector = faiss.IDSelectorBatch(allowed.astype(np.int64)) if allowed is not None else None
+        if self.kind == "ivf":
+            params: Any = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)  # type: ignore[call-arg]
+        else:
+            params = faiss.SearchParameters(sel=selector) if selector is not None else None  # type: ignore[call-arg]
         with self._lock:
             k = max(1, min(k, max(1, self._index.ntotal)))
             scores, ids = self._index.search(data, k, params=params)
@@ -71,12 +118,26 @@ class VectorIndex:
         with self._lock:
             data = faiss.serialize_index(self._index).tobytes()
         atomic_write_bytes(directory / f"{self.version}.faiss", data)
-        note = {"version": self.version, "generation": generation, "count": len(self)}
+        note = {
+            "version": self.version,
+            "generation": generation,
+            "count": len(self),
+            "kind": self.kind,
+        }
         atomic_write_bytes(directory / f"{self.version}.json", json.dumps(note).encode())
 
     @classmethod
-    def load(cls, directory: Path, version: str, dim: int, generation: int) -> VectorIndex | None:
-        """The saved index when it reflects ``generation`` of the database, else None."""
+    def load(
+        cls,
+        directory: Path,
+        version: str,
+        dim: int,
+        generation: int,
+        policy: IndexPolicy | None = None,
+    ) -> VectorIndex | None:
+        """The saved index when it reflects ``generation`` of the database and is of the kind
+        the policy wants for its size; else None."""
+        policy = policy or IndexPolicy()
         note_path = directory / f"{version}.json"
         data_path = directory / f"{version}.faiss"
         try:
@@ -84,8 +145,11 @@ class VectorIndex:
             if note.get("generation") != generation or note.get("version") != version:
                 log.info("saved index of %s is stale; rebuilding", version)
                 return None
+            if note.get("kind", "flat") != policy.kind_for(int(note.get("count", 0))):
+                log.info("saved index of %s is of another kind than wanted; rebuilding", version)
+                return None
             raw = np.frombuffer(data_path.read_bytes(), dtype=np.uint8)
-            loaded = faiss.deserialize_index(raw)
+            loaded: Any = faiss.deserialize_index(raw)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RuntimeError) as exc:
@@ -94,8 +158,10 @@ class VectorIndex:
         if loaded.d != dim or loaded.ntotal != note.get("count"):
             log.warning("saved index of %s does not match its note; rebuilding", version)
             return None
-        index = cls(version, dim)
+        index = cls(version, dim, note.get("kind", "flat"), policy.nprobe)
         index._index = loaded
+        if index.kind == "ivf":
+            loaded.nprobe = policy.nprobe
         return index
 
     @staticmethod

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.store.index import IndexPolicy, VectorIndex
+from model.data import discover, load
+from model.embedding import Embedder
+from tests.app.conftest import add, make_settings
+from tests.conftest import DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def real_vectors(cifar: Path) -> np.ndarray:
+    """Embeddings of 3,000 real CIFAR-10 images (all ten classes) by the shipped model."""
+    images = load(
+        discover([cifar], max_per_class=300, seed=3), 32, sorted(p.name for p in cifar.iterdir())
+    )
+    return Embedder.from_dir(DEFAULT_MODEL).embed_tensors(images.images)
+
+
+def recall_at_10(exact: VectorIndex, approx: VectorIndex, queries: np.ndarray) -> float:
+    _, truth = exact.search(queries, 10)
+    _, found = approx.search(queries, 10)
+    return float(np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found, strict=True)]))
+
+
+def test_ivf_recall_on_real_embeddings(real_vectors: np.ndarray) -> None:
+    ids = np.arange(1, len(real_vectors) + 1)
+    queries, gallery, gallery_ids = real_vectors[:200], real_vectors[200:], ids[200:]
+    exact = VectorIndex.build("v", gallery_ids, gallery, IndexPolicy(kind="flat"))
+    approx = VectorIndex.build("v", gallery_ids, gallery, IndexPolicy(kind="ivf", nprobe=16))
+    assert approx.kind == "ivf" and exact.kind == "flat"
+    recall = recall_at_10(exact, approx, queries)
+    print(f"IVF recall@10 on real embeddings: {recall:.3f}")
+    assert recall >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_remove_filter_and_save_load(kind: str, real_vectors: np.ndarray, tmp_path: Path) -> None:
+    vectors = real_vectors[:800]
+    ids = np.arange(1, 801)
+    policy = IndexPolicy(kind=kind)  # type: ignore[arg-type]
+    index = VectorIndex.build("v1", ids, vectors, policy)
+    _, found = index.search(vectors[:1], 1)
+    assert found[0, 0] == 1
+    index.remove(np.array([1]))
+    _, found = index.search(vectors[:1], 5)
+    assert 1 not in found[0] and len(index) == 799
+    allowed = np.array([10, 20, 30])
+    _, found = index.search(vectors[:1], 5, allowed)
+    assert set(found[0]) - {-1} <= {10, 20, 30}
+    index.save(tmp_path, generation=7)
+    loaded = VectorIndex.load(tmp_path, "v1", vectors.shape[1], 7, policy)
+    assert loaded is not None and loaded.kind == kind and len(loaded) == 799
+    assert VectorIndex.load(tmp_path, "v1", vectors.shape[1], 8, policy) is None
+
+
+def test_service_switches_index_kind_with_the_item_count(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, ann_threshold=50)
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        ids = add(client, "cat", 0, 30) + add(client, "bird", 0, 30)
+        assert services.runtime.snapshot.index.kind == "ivf"
+        body = client.post("/search", json={"id": ids[0], "k": 5}).json()
+        assert len(body["neighbors"]) == 5
+        for item_id in ids[:15]:
+            client.delete(f"/items/{item_id}")
+        assert services.runtime.snapshot.index.kind == "flat"
+        assert len(services.runtime.snapshot.index) == 45
