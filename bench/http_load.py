@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--compare-batching", action="store_true")
     args = parser.parse_args()
-    variants = {"batching on": {}}
+    variants: dict[str, dict[str, str]] = {"batching on": {}}
     if args.compare_batching:
         variants["batching off"] = {"EMBED_BATCH_MAX_IMAGES": "1", "EMBED_BATCH_WAIT_MS": "0"}
     for title, env in variants.items():

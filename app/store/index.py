@@ -78,7 +78,7 @@ class VectorIndex:
         self._quantizer = faiss.IndexFlatIP(self.dim)
         ivf = faiss.IndexIVFFlat(self._quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = vectors if n <= nlist * 64 else vectors[rng.choice(n, nlist * 64, replace=False)]
+        sample = vectors if n <= nlist * 40 else vectors[rng.choice(n, nlist * 40, replace=False)]
         ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
         ivf.nprobe = self.nprobe
         self._index = ivf
