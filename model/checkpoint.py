@@ -85,6 +85,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; other users (a container's) may read it
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
@@ -118,6 +119,7 @@ def save_model(
         save_file(state, tmp, metadata={"format": "pt"})
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, weights)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

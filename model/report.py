@@ -28,13 +28,16 @@ def evaluate_per_root(
     classes: list[str] | None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    measure: list[Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """``measure`` limits which roots are measured (all by default); the split always
+    covers every root."""
     samples = discover(roots, classes, None, seed)
     train_samples, val_samples = split(samples, val_fraction, seed)
     names = sorted({s.label for s in samples})
     size = embedder.config.input_size
     results: dict[str, dict[str, Any]] = {}
-    for root in roots:
+    for root in measure or roots:
         queries = load(_under(val_samples, root), size, names)
         gallery = load(_under(train_samples, root), size, names)
         metrics = evaluate(embedder, queries, gallery, seed=seed)
