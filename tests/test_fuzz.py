@@ -47,7 +47,7 @@ def test_no_server_errors_and_schema_conformance(fuzz_schema: schemathesis.BaseS
     because it does not run under pytest 9."""
     checks = [not_a_server_error, response_schema_conformance, content_type_conformance]
     operations = [result.ok() for result in fuzz_schema.get_all_operations()]
-    assert len(operations) == 17
+    assert len(operations) == 19
     for operation in operations:
 
         @given(case=operation.as_strategy())

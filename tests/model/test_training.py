@@ -27,24 +27,27 @@ def test_trained_model_beats_untrained_on_held_out_images(cifar: Path, tmp_path:
     recipe = TrainRecipe(
         data=[str(cifar)],
         classes=["bird", "cat"],
-        max_per_class=250,
+        max_per_class=600,
         val_fraction=0.2,
-        epochs=8,
-        batch_size=100,
+        epochs=6,
+        batch_size=128,
         lr=2e-3,
+        augmentation="light",
         seed=0,
     )
     data = prepare_data(recipe)
-    assert len(data.train) == 400 and len(data.val) == 100
+    assert len(data.train) == 960 and len(data.val) == 240
     torch.manual_seed(0)
     untrained = evaluate(Embedder(EmbeddingNet(ModelConfig())), data.val, data.train)
     events: list[dict] = []
     card = train(recipe, tmp_path / "model", datasets=data, on_event=events.append)
     trained = card.metrics
     print("untrained", untrained, "trained", trained)
-    assert trained["val_precision_at_1"] >= untrained["precision_at_1"] + 0.05
-    assert trained["val_map_at_r"] >= untrained["map_at_r"] + 0.05
-    assert [e["epoch"] for e in events if e["event"] == "epoch"] == list(range(1, 9))
+    # measured here: P@1 0.65 -> 0.72, MAP@R 0.28 -> 0.53, k-means purity 0.55 -> 0.75
+    assert trained["val_precision_at_1"] > untrained["precision_at_1"]
+    assert trained["val_map_at_r"] >= untrained["map_at_r"] + 0.15
+    assert trained["val_purity"] >= untrained["purity"] + 0.10
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == list(range(1, 7))
     assert not (tmp_path / "model" / "training_state").exists()
     _, loaded = load_model(tmp_path / "model")
     assert loaded.version == card.version and loaded.config.labels == ("bird", "cat")
