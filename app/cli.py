@@ -13,12 +13,17 @@ from model.cli import add_subcommands, configure_logging
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.observability import configure_json_logging
+
+    configure_json_logging(args.log_level)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=None,  # keep the JSON handlers configured above
+        access_log=False,  # RequestContext logs each request, with its id
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -52,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    if args.command != "serve":
+        configure_logging()
     return int(args.handler(args))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def test_store_search_cluster_train_and_activate(server: httpx.Client) -> None:
         assert hit["model_version"] == new_version and len(hit["neighbors"]) == 1
 
 
-def test_python_client(server: httpx.Client) -> None:
+def test_python_client(server: httpx.Client, tmp_path: Path) -> None:
     from app.client import EmbedClient, EmbedServiceError
 
     cats = sorted((CIFAR / "cat").iterdir())[:3]
@@ -129,3 +130,11 @@ def test_python_client(server: httpx.Client) -> None:
             assert error.status == 404
         else:
             raise AssertionError("deleted item still readable")
+
+    server.get("/healthz", headers={"X-Request-ID": "trace-me-42"})
+    time.sleep(0.2)
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(entries) > len(lines) * 0.9  # the server logs JSON
+    traced = [e for e in entries if e.get("request_id") == "trace-me-42"]
+    assert traced and traced[0]["path"] == "/healthz" and traced[0]["status"] == 200
