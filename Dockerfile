@@ -3,9 +3,9 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-RUN python -m venv /opt/venv
 # CPU-only torch and torchvision: a few hundred MB instead of the multi-GB CUDA build.
-RUN /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu \
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --index-url https://download.pytorch.org/whl/cpu \
         torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY app ./app
@@ -18,11 +18,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     EMBED_DATA_DIR=/data \
     OMP_NUM_THREADS=2
 RUN useradd --system --uid 10001 --home-dir /data embed \
-    && mkdir -p /data && chown embed /data
+    && mkdir -p /data && chown 10001 /data
 COPY --from=build /opt/venv /opt/venv
-USER embed
+USER 10001
 VOLUME ["/data"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"
+    CMD ["python", "-c", "import urllib.request as u, sys; sys.exit(u.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
 CMD ["triplet-embed", "serve", "--host", "0.0.0.0", "--port", "8000"]
