@@ -22,6 +22,7 @@ from model.metrics import clustering_metrics, silhouette
 
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
 MAX_METADATA_BYTES = 16_384
+SPARE_RESULTS = 8
 
 
 def check_label(label: str) -> str:
@@ -50,8 +51,8 @@ class SearchResult:
 
 
 class Catalog:
-    """All item writes hold ``write_lock``, which activation also takes for its swap, so an
-    item is always stored with a vector of the model that is active when it commits."""
+    """All item writes commit under ``write_lock``, which activation also takes for its swap,
+    so an item is always stored with a vector of the model that is active when it commits."""
 
     def __init__(self, db: Database, images: ImageStore, runtime: Runtime) -> None:
         self.db = db
@@ -67,14 +68,27 @@ class Catalog:
         labels: Sequence[str | None],
         metadata: Sequence[dict[str, Any]],
     ) -> list[ItemRecord]:
+        images = [u.image for u in uploads]
+        snapshot = self.runtime.snapshot
+        # Embedding and writing image files happen outside the lock, so that concurrent adds
+        # share forward passes and flushes; images are content-addressed, so an early write
+        # is harmless. Under the lock, `put` again only checks that the file is still there
+        # (a concurrent delete of the last item with the same image removes it).
+        vectors = self.runtime.embed_images(snapshot.embedder, images)
+        for upload in uploads:
+            self.images.put(upload.data, EXTENSIONS[upload.format])
         with self.write_lock:
-            snapshot = self.runtime.snapshot
-            vectors = self.runtime.embed_images(snapshot.embedder, [u.image for u in uploads])
-            new_items = []
-            for upload, label, meta, vector in zip(uploads, labels, metadata, vectors, strict=True):
-                ext = EXTENSIONS[upload.format]
-                image_hash = self.images.put(upload.data, ext)
-                new_items.append(NewItem(label, meta, upload.filename, image_hash, ext, vector))
+            current = self.runtime.snapshot
+            if current.embedder is not snapshot.embedder:  # a model was activated meanwhile
+                vectors = self.runtime.embed_images(current.embedder, images)
+            snapshot = current
+            stored = [(self.images.put(u.data, EXTENSIONS[u.format]), u) for u in uploads]
+            new_items = [
+                NewItem(label, meta, upload.filename, image_hash, EXTENSIONS[upload.format], vector)
+                for (image_hash, upload), label, meta, vector in zip(
+                    stored, labels, metadata, vectors, strict=True
+                )
+            ]
             ids = self.db.add_items(new_items, snapshot.version)
             snapshot.index.add(np.array(ids, dtype=np.int64), vectors)
             self._fit_index(snapshot)
@@ -108,8 +122,8 @@ class Catalog:
             snapshot = self.runtime.snapshot
             snapshot.index.remove(np.array([item_id], dtype=np.int64))
             self._fit_index(snapshot)
-        if not self.db.image_in_use(record.image_hash):
-            self.images.remove(record.image_hash, record.image_ext)
+            if not self.db.image_in_use(record.image_hash):
+                self.images.remove(record.image_hash, record.image_ext)
         return record
 
     def count(self) -> int:
@@ -131,11 +145,10 @@ class Catalog:
         if upload is not None:
             query = self.runtime.embed_images(snapshot.embedder, [upload.image])
         elif item_id is not None:
-            stored = self.db.vector(item_id, snapshot.version)
+            # from the snapshot's own index, so the query and the index are of one model
+            stored = snapshot.index.vector(item_id)
             if stored is None:
-                if self.db.get_item(item_id) is None:
-                    raise NotFound(f"item {item_id} not found")
-                raise NotFound(f"item {item_id} has no vector yet")
+                raise NotFound(f"item {item_id} not found")
             query, exclude = stored[None, :], item_id
         elif vector is not None:
             query = self._vector_query(vector, snapshot.embedder.dim)
@@ -144,18 +157,20 @@ class Catalog:
         allowed = self.db.ids_with_label(label) if label is not None else None
         if allowed is not None and len(allowed) == 0:
             return SearchResult(snapshot.version, [], None)
-        scores, ids = snapshot.index.search(query, k + (1 if exclude is not None else 0), allowed)
+        # a few spare results stand in for items deleted between the search and the lookup
+        spare = (1 if exclude is not None else 0) + SPARE_RESULTS
+        scores, ids = snapshot.index.search(query, k + spare, allowed)
         hits = [
             (int(i), float(s))
             for i, s in zip(ids[0], scores[0], strict=True)
             if i >= 0 and int(i) != exclude
-        ][:k]
+        ]
         records = self.db.get_items([i for i, _ in hits])
         neighbors = [
             Neighbor(i, records[i].label, score, records[i].filename)
             for i, score in hits
             if i in records
-        ]
+        ][:k]
         return SearchResult(snapshot.version, neighbors, predict(neighbors))
 
     @staticmethod

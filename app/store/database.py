@@ -249,13 +249,6 @@ class Database:
         vectors = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32)
         return ids, vectors.reshape(len(rows), dim).copy()
 
-    def vector(self, item_id: int, model_version: str) -> np.ndarray | None:
-        rows = self._query(
-            "SELECT vector FROM vectors WHERE item_id = ? AND model_version = ?",
-            (item_id, model_version),
-        )
-        return np.frombuffer(rows[0]["vector"], dtype=np.float32).copy() if rows else None
-
     def items_missing_vectors(self, model_version: str) -> list[ItemRecord]:
         rows = self._query(
             "SELECT * FROM items WHERE id NOT IN "

@@ -81,6 +81,7 @@ class VectorIndex:
         sample = vectors if n <= nlist * 40 else vectors[rng.choice(n, nlist * 40, replace=False)]
         ivf.train(np.ascontiguousarray(sample, dtype=np.float32))
         ivf.nprobe = self.nprobe
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
         self._index = ivf
 
     def __len__(self) -> int:
@@ -92,6 +93,14 @@ class VectorIndex:
         data = np.ascontiguousarray(vectors, dtype=np.float32)
         with self._lock:
             self._index.add_with_ids(data, np.ascontiguousarray(ids, dtype=np.int64))
+
+    def vector(self, item_id: int) -> np.ndarray | None:
+        """The stored vector of one id, or None when the index does not hold it."""
+        with self._lock:
+            try:
+                return np.asarray(self._index.reconstruct(int(item_id)), dtype=np.float32)
+            except (RuntimeError, IndexError):
+                return None
 
     def remove(self, ids: np.ndarray) -> None:
         with self._lock:

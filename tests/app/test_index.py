@@ -46,15 +46,18 @@ def test_remove_filter_and_save_load(kind: str, real_vectors: np.ndarray, tmp_pa
     index = VectorIndex.build("v1", ids, vectors, policy)
     _, found = index.search(vectors[:1], 1)
     assert found[0, 0] == 1
+    np.testing.assert_allclose(index.vector(2), vectors[1], atol=1e-6)
     index.remove(np.array([1]))
     _, found = index.search(vectors[:1], 5)
     assert 1 not in found[0] and len(index) == 799
+    assert index.vector(1) is None
     allowed = np.array([10, 20, 30])
     _, found = index.search(vectors[:1], 5, allowed)
     assert set(found[0]) - {-1} <= {10, 20, 30}
     index.save(tmp_path, generation=7)
     loaded = VectorIndex.load(tmp_path, "v1", vectors.shape[1], 7, policy)
     assert loaded is not None and loaded.kind == kind and len(loaded) == 799
+    np.testing.assert_allclose(loaded.vector(2), vectors[1], atol=1e-6)
     assert VectorIndex.load(tmp_path, "v1", vectors.shape[1], 8, policy) is None
 
 
