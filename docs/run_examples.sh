@@ -39,6 +39,12 @@ run "curl -s $H/items/2"
 run "curl -s -F files=@README.md $H/embed"
 run "curl -s -H 'content-type: application/json' -d '{\"id\": 1, \"k\": 0}' $H/search | head -c 300"
 run "curl -s $H/model | head -c 600"
+run "curl -s -H 'content-type: application/json' -d '{\"epochs\": 1}' $H/train"
+# more items, so that a training job has something to learn from
+for label in cat bird; do
+  args=(); for i in $(seq 10 29); do args+=(-F "files=@$D/$label/00$i.jpg"); done
+  curl -s "${args[@]}" -F labels=$label "$H/items" >/dev/null
+done
 run "curl -s -H 'content-type: application/json' -d '{\"dataset\": {\"source\": \"items\"}, \"epochs\": 1, \"batch_size\": 8, \"activate\": \"never\"}' $H/train | head -c 300"
 JOB=$(curl -s $H/train | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["job_id"])')
 until curl -s "$H/train/$JOB" | grep -qE '"status":"(succeeded|failed|cancelled)"'; do sleep 1; done

@@ -40,6 +40,25 @@ MAX_COMPRESSION_RATIO = 200
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
+MIN_IMAGES_PER_LABEL = 5
+
+
+def check_class_sizes(root: Path) -> Path:
+    """Refuses, before any job starts, data too small to split and train on."""
+    sizes = {
+        d.name: sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        for d in root.iterdir()
+        if d.is_dir()
+    }
+    usable = {name: n for name, n in sizes.items() if n >= MIN_IMAGES_PER_LABEL}
+    if len(usable) < 2:
+        raise BadRequest(
+            f"training needs at least {MIN_IMAGES_PER_LABEL} images of each of two labels; "
+            f"found {dict(sorted(sizes.items()))}"
+        )
+    return root
+
+
 class TrainingJobs:
     def __init__(
         self,
@@ -150,7 +169,7 @@ class TrainingJobs:
     ) -> Path:
         source = dataset.get("source")
         if source == "directory":
-            return self._allowed_directory(str(dataset.get("path", "")))
+            return check_class_sizes(self._allowed_directory(str(dataset.get("path", ""))))
         target = job_dir / "dataset"
         target.mkdir()
         if source == "items":
@@ -161,10 +180,7 @@ class TrainingJobs:
             self._extract_archive(archive, target)
         else:
             raise BadRequest("dataset source must be 'items', 'directory' or 'archive'")
-        classes = [d for d in target.iterdir() if d.is_dir() and any(d.iterdir())]
-        if len(classes) < 2:
-            raise BadRequest("training needs images of at least two labels")
-        return target
+        return check_class_sizes(target)
 
     def _allowed_directory(self, path: str) -> Path:
         if not path or "\x00" in path:
