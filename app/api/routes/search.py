@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from app.api.bodies import json_object, validate
 from app.api.deps import ServicesDep
 from app.api.responses import NOT_FOUND, UPLOAD_ERRORS
 from app.api.schemas import Neighbor, Prediction, SearchQuery, SearchResponse
@@ -40,14 +39,6 @@ OPENAPI_BODY: dict[str, Any] = {
 }
 
 
-def _query(data: dict[str, Any]) -> SearchQuery:
-    try:
-        query = SearchQuery.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from exc
-    return query
-
-
 @router.post(
     "/search",
     response_model=SearchResponse,
@@ -63,7 +54,7 @@ async def search(request: Request, services: ServicesDep) -> SearchResponse:
             if not isinstance(upload, UploadFile):
                 raise BadRequest("multipart search needs an image in the 'file' field")
             fields = {k: form.get(k) for k in ("k", "label") if form.get(k) not in (None, "")}
-            query = _query(fields)
+            query = validate(SearchQuery, fields)
             name, data = display_name(upload.filename), await upload.read()
 
         def by_image() -> SearchResult:
@@ -73,13 +64,7 @@ async def search(request: Request, services: ServicesDep) -> SearchResponse:
 
         result = await run_in_threadpool(by_image)
     elif content_type.startswith("application/json"):
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise BadRequest("request body is not valid JSON") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        query = _query(body)
+        query = validate(SearchQuery, await json_object(request))
         if (query.id is None) == (query.vector is None):
             raise BadRequest("give exactly one of 'id' and 'vector'")
         result = await run_in_threadpool(

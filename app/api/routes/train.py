@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request, status
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from app.api.bodies import json_object, validate
 from app.api.deps import ServicesDep
 from app.api.responses import CONFLICT, NOT_FOUND, UPLOAD_ERRORS
 from app.api.schemas import Job, JobList, TrainRequest
@@ -45,13 +44,6 @@ OPENAPI_BODY: dict[str, Any] = {
 }
 
 
-def _request(data: Any) -> TrainRequest:
-    try:
-        return TrainRequest.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from exc
-
-
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
@@ -77,14 +69,10 @@ async def start(request: Request, services: ServicesDep) -> Job:
                 raise BadRequest(f"params is not valid JSON: {exc.msg}") from exc
             if not isinstance(params, dict):
                 raise BadRequest("params must be a JSON object")
-            body = _request({**params, "dataset": {"source": "archive"}})
+            body = validate(TrainRequest, {**params, "dataset": {"source": "archive"}})
             archive = await upload.read()
     elif content_type.startswith("application/json"):
-        try:
-            data = await request.json()
-        except ValueError as exc:
-            raise BadRequest("request body is not valid JSON") from exc
-        body = _request(data)
+        body = validate(TrainRequest, await json_object(request))
         if body.dataset.source == "archive":
             raise BadRequest("an archive dataset is uploaded as multipart 'archive'")
     else:
