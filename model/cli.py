@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
+from tqdm import tqdm
+
 from model.config import ModelType, Stem
 from model.data import discover, load, split
 from model.embedding import Embedder, bf16_supported
@@ -141,17 +143,21 @@ def run_train(args: argparse.Namespace) -> int:
         init_from=str(args.init_from) if args.init_from else None,
     )
 
+    bar: tqdm | None = None
+
     def report(event: dict[str, Any]) -> None:
+        nonlocal bar
         if event["event"] == "step":
-            print(
-                f"\repoch {event['epoch']} step {event['step']}/{event['steps']} "
-                f"loss {event['loss']:.4f}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
+            if bar is None:
+                bar = tqdm(total=event["steps"], desc=f"epoch {event['epoch']}", unit="step")
+            bar.update(event["step"] - bar.n)
+            bar.set_postfix(loss=f"{event['loss']:.4f}")
         elif event["event"] in ("epoch", "data"):
-            print("\n" + json.dumps(event), file=sys.stderr, flush=True)
+            if bar is not None:
+                bar.close()
+                bar = None
+            summary = {k: v for k, v in event.items() if k != "event"}
+            tqdm.write(json.dumps(summary), file=sys.stderr)
 
     card = train(recipe, args.out, on_event=report)
     print(json.dumps({"version": card.version, "out": str(args.out), "metrics": card.metrics}))

@@ -107,3 +107,50 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> Non
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_sigkill_during_activation_leaves_the_old_model(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "server.log"
+    process = start(tmp_path / "data", port, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            for label in ("cat", "bird"):
+                paths = sorted((CIFAR / label).iterdir())[:1000]
+                for start_at in range(0, 1000, 50):
+                    chunk = paths[start_at : start_at + 50]
+                    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in chunk]
+                    response = client.post("/items", files=files, data={"labels": label})
+                    assert response.status_code == 201
+            old = client.get("/model").json()["version"]
+            job = client.post("/train", json={"epochs": 1, "activate": "never"}).json()
+            deadline = time.monotonic() + 300
+            while (status := client.get(f"/train/{job['job_id']}").json())["status"] == "running":
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+            assert status["status"] == "succeeded", status["error"]
+            new = status["model_version"]
+            assert client.post(f"/models/{new}/activate").status_code == 202
+            while client.get("/models").json()["activating"] != new:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.3)  # re-embedding 2,000 items takes seconds: kill in the middle
+            assert client.get("/models").json()["activating"] == new
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    process = start(tmp_path / "data", port, log)
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            assert client.get("/model").json()["version"] == old
+            assert client.get("/items").json()["total"] == 2000
+            hit = client.post("/search", json={"id": 1, "k": 5}).json()
+            assert hit["model_version"] == old and len(hit["neighbors"]) == 5
+            assert (
+                client.post(f"/models/{new}/activate", params={"wait": "true"}).status_code == 200
+            )
+            assert client.get("/model").json()["version"] == new
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
