@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.bodies import add_body_schemas
 from app.api.deps import require_api_key
 from app.api.middleware import BodySizeLimit, RequestContext
 from app.api.routes import cluster, embed, health, items, models, search, train, ui
+from app.api.schemas import SearchQuery, TrainRequest
 from app.container import Services
 from app.errors import ServiceError
 from app.observability import Metrics
@@ -64,6 +68,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.metrics_router, dependencies=protected)
     for module in (models, embed, items, search, cluster, train):
         app.include_router(module.router, dependencies=protected)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+            )
+            add_body_schemas(schema, (SearchQuery, TrainRequest))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -34,6 +34,8 @@ run "curl -s -F files=@$D/bird/4999.jpg $H/embed | head -c 200"
 run "curl -s -H 'content-type: application/json' -d '{\"k\": 2}' $H/cluster"
 run "curl -s '$H/items?label=cat&limit=10&offset=0'"
 run "curl -s $H/items/1"
+run "curl -s -o /dev/null -w '%{http_code} %{content_type} %{size_download} bytes\\n' $H/items/1/image"
+run "curl -s -o /dev/null -w '%{http_code} %{content_type}\\n' $H/ui"
 run "curl -s -o /dev/null -w '%{http_code}\n' -X DELETE $H/items/2"
 run "curl -s $H/items/2"
 run "curl -s -F files=@README.md $H/embed"
@@ -50,6 +52,8 @@ JOB=$(curl -s $H/train | .venv/bin/python -c 'import json,sys; print(json.load(s
 until curl -s "$H/train/$JOB" | grep -qE '"status":"(succeeded|failed|cancelled)"'; do sleep 1; done
 run "curl -s $H/train/$JOB | head -c 700"
 VERSION=$(curl -s "$H/train/$JOB" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["model_version"])')
+run "curl -s $H/train | head -c 300"
+run "curl -s -X DELETE $H/train/$JOB"
 run "curl -s $H/models | head -c 500"
 run "curl -s -X POST '$H/models/$VERSION/activate?wait=true'"
 run "curl -s $H/metrics | grep -E '^embed_(index_vectors|model_info|training_jobs)'"

@@ -29,3 +29,13 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
+
+
+def add_body_schemas(openapi: dict[str, Any], models: tuple[type[BaseModel], ...]) -> None:
+    """Adds to the OpenAPI components the models that routes reference from ``openapi_extra``
+    (FastAPI only adds the models it validates itself)."""
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema

@@ -91,6 +91,11 @@ class ItemList(BaseModel):
 class SearchQuery(Strict):
     """Search by a stored item's id or by a vector (exactly one of them)."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"id": 1, "k": 5}, {"id": 1, "k": 10, "label": "cat"}]},
+    )
+
     id: int | None = Field(default=None, ge=1, le=MAX_ID)
     vector: list[float] | None = Field(default=None, min_length=1, max_length=4096)
     k: int = Field(default=10, ge=1, le=1000)
@@ -116,6 +121,11 @@ class SearchResponse(BaseModel):
 
 
 class ClusterRequest(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"k": 2}, {"k": "auto", "label": None, "seed": 0}]},
+    )
+
     k: int | Literal["auto"] = Field(default=2, description="number of clusters, or 'auto'")
     label: str | None = Field(default=None, max_length=64)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -162,6 +172,22 @@ class Dataset(Strict):
 
 
 class TrainRequest(Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"dataset": {"source": "items"}, "epochs": 5, "activate": "if_better"},
+                {
+                    "dataset": {"source": "directory", "path": "/datasets/pets"},
+                    "model_type": "triplet",
+                    "mining": "semi_hard",
+                    "epochs": 10,
+                    "activate": "never",
+                },
+            ]
+        },
+    )
+
     dataset: Dataset = Field(default_factory=Dataset)
     model_type: Literal["siamese", "triplet", "quartet"] = "triplet"
     mining: Literal["all", "batch_hard", "semi_hard", "random"] = "all"

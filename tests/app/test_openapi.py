@@ -35,3 +35,12 @@ def test_every_endpoint_of_the_design_is_documented() -> None:
             assert op.get("summary"), path
     search = paths["/search"]["post"]["requestBody"]["content"]
     assert set(search) == {"multipart/form-data", "application/json"}
+
+
+def test_every_reference_resolves() -> None:
+    schema = create_app().openapi()
+    text = json.dumps(schema)
+    refs = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
+    assert refs and refs <= set(schema["components"]["schemas"])
+    for name in ("SearchQuery", "TrainRequest", "ClusterRequest"):
+        assert schema["components"]["schemas"][name]["examples"]
