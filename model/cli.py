@@ -23,8 +23,6 @@ from model.preprocessing import ImageDecodeError, load_image_file
 from model.report import evaluate_per_root, plot_projection, plot_training_curve
 from model.training import TrainRecipe, evaluate, train
 
-DEFAULT_DATA = Path("../shared/data")
-
 
 def _classes(value: str | None) -> list[str] | None:
     if value is None:

@@ -159,9 +159,6 @@ class TrainingJobs:
             self._process.terminate()
         return self.get(job_id)
 
-    def running(self) -> bool:
-        return self._job_id is not None
-
     # --- datasets --------------------------------------------------------------------------
 
     def _prepare_dataset(

@@ -143,10 +143,6 @@ class Database:
         rows = self._query("SELECT value FROM state WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
-    def set_state(self, key: str, value: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, value))
-
     def generation(self) -> int:
         """A counter bumped by every change to items; a saved index records the one it saw."""
         value = self.get_state("generation")
