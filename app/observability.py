@@ -27,12 +27,9 @@ class Metrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.images_embedded = Counter(
-            "embed_images_total", "images embedded for requests", registry=self.registry
-        )
         self.batch_size = Histogram(
             "embed_batch_size",
-            "images per forward pass (after dynamic batching)",
+            "images per forward pass after dynamic batching (its _sum counts images embedded)",
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         )

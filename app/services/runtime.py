@@ -76,8 +76,11 @@ class Runtime:
         self._batcher.close()
         self._decode.shutdown(wait=True, cancel_futures=True)
 
-    def decode(self, files: Sequence[tuple[str, bytes]], input_size: int) -> list[DecodedUpload]:
-        """Decodes every upload (in parallel) or raises the error of the first bad one."""
+    def decode(self, files: Sequence[tuple[str, bytes]]) -> list[DecodedUpload]:
+        """Decodes every upload (in parallel) or raises the error of the first bad one.
+
+        JPEGs are downscaled while decoding to no less than the active model's input size."""
+        input_size = self.snapshot.embedder.config.input_size
 
         def one(item: tuple[str, bytes]) -> DecodedUpload:
             name, data = item

@@ -14,10 +14,9 @@ BATCH = 64
 def seed_gallery(catalog: Catalog, runtime: Runtime, folder: Path) -> int:
     samples = discover([folder])
     added = 0
-    input_size = runtime.snapshot.embedder.config.input_size
     for start in range(0, len(samples), BATCH):
         chunk = samples[start : start + BATCH]
-        uploads = runtime.decode([(s.path.name, s.path.read_bytes()) for s in chunk], input_size)
+        uploads = runtime.decode([(s.path.name, s.path.read_bytes()) for s in chunk])
         labels = [check_label(s.label) for s in chunk]
         catalog.add(uploads, labels, [{"seed": True}] * len(chunk))
         added += len(chunk)

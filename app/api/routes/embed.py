@@ -29,9 +29,8 @@ async def embed(
     snapshot = services.runtime.snapshot
 
     def work() -> list[list[float]]:
-        uploads = services.runtime.decode(raw, snapshot.embedder.config.input_size)
+        uploads = services.runtime.decode(raw)
         vectors = services.runtime.embed_images(snapshot.embedder, [u.image for u in uploads])
-        services.metrics.images_embedded.inc(len(uploads))
         return vectors.tolist()
 
     vectors = await run_in_threadpool(work)

@@ -90,10 +90,7 @@ async def add_items(
     item_metadata = _metadata(metadata, len(raw))
 
     def work() -> list[ItemRecord]:
-        size = services.runtime.snapshot.embedder.config.input_size
-        uploads = services.runtime.decode(raw, size)
-        services.metrics.images_embedded.inc(len(uploads))
-        return services.catalog.add(uploads, item_labels, item_metadata)
+        return services.catalog.add(services.runtime.decode(raw), item_labels, item_metadata)
 
     records = await run_in_threadpool(work)
     return ItemsCreated(

@@ -58,8 +58,7 @@ async def search(request: Request, services: ServicesDep) -> SearchResponse:
             name, data = display_name(upload.filename), await upload.read()
 
         def by_image() -> SearchResult:
-            size = services.runtime.snapshot.embedder.config.input_size
-            decoded = services.runtime.decode([(name, data)], size)[0]
+            decoded = services.runtime.decode([(name, data)])[0]
             return services.catalog.search(upload=decoded, k=query.k, label=query.label)
 
         result = await run_in_threadpool(by_image)
