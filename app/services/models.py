@@ -16,9 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from app.errors import BadRequest, Conflict, NotFound
 from app.services.catalog import Catalog
 from app.services.runtime import Runtime, Snapshot
@@ -27,7 +24,7 @@ from app.store.images import ImageStore
 from app.store.index import VectorIndex
 from model.checkpoint import CheckpointError, ModelCard, load_model, read_card
 from model.embedding import Embedder, Precision, bf16_supported
-from model.preprocessing import ImageDecodeError, decode_image, prepare
+from model.preprocessing import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +173,15 @@ class ModelService:
         missing = self.db.items_missing_vectors(version)
         for start in range(0, len(missing), REEMBED_BATCH):
             chunk = missing[start : start + REEMBED_BATCH]
-            tensors, ids = [], []
+            images, ids = [], []
             for item in chunk:
                 try:
                     data = self.images.read(item.image_hash, item.image_ext)
-                    image = decode_image(data, target_size=embedder.config.input_size)
+                    images.append(decode_image(data, target_size=embedder.config.input_size))
                 except (OSError, ImageDecodeError) as exc:
                     log.error("item %d: stored image unreadable (%s); skipped", item.id, exc)
                     continue
-                tensors.append(prepare(image, embedder.config))
                 ids.append(item.id)
-            if tensors:
-                vectors = self.runtime.embed_tensors(embedder, torch.stack(tensors))
-                self.db.put_vectors(version, ids, np.asarray(vectors))
+            if images:
+                self.db.put_vectors(version, ids, self.runtime.embed_images(embedder, images))
         return len(missing)
