@@ -210,8 +210,9 @@ def subset(images: ImageSet, limit: int, seed: int) -> ImageSet:
 def _build(recipe: TrainRecipe, classes: list[str]) -> EmbeddingNet:
     if recipe.init_from:
         start, _ = load_model(Path(recipe.init_from))
-        config = ModelConfig(**{**start.config.to_dict(), "labels": tuple(classes)})
-        config = ModelConfig.from_dict({**config.to_dict(), "model_type": recipe.model_type})
+        config = ModelConfig.from_dict(
+            {**start.config.to_dict(), "labels": classes, "model_type": recipe.model_type}
+        )
         net = EmbeddingNet(config)
         net.load_state_dict(start.state_dict())
         return net
