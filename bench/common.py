@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import httpx2 as httpx
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def interleaved(
@@ -41,3 +49,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_server(
+    data_dir: Path,
+    port: int,
+    *,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+    log_level: str = "info",
+    timeout: float = 120,
+) -> subprocess.Popen[bytes]:
+    """Starts ``python -m app`` on a loopback port with its own data directory and returns
+    once ``/readyz`` answers 200. Its output is appended to ``log`` (or discarded)."""
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "--port", str(port), "--log-level", log_level],
+        cwd=ROOT,
+        env={**os.environ, "EMBED_DATA_DIR": str(data_dir), **(env or {})},
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    if log is not None:
+        output.close()  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        while True:
+            if process.poll() is not None:
+                tail = log.read_text()[-3000:] if log is not None else ""
+                raise RuntimeError(f"server exited with {process.returncode}: {tail}")
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return process
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.2)

@@ -11,11 +11,8 @@ it runs twice, with dynamic batching on and off, and prints both.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,9 +22,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 
-from bench.common import free_port
+from bench.common import ROOT, free_port, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "train"
 
 
@@ -68,26 +64,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def start_server(data_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT,
-        env={**os.environ, "EMBED_DATA_DIR": str(data_dir), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return process
-            except httpx.TransportError:
-                time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not start")
 
 
 def run_load(
@@ -157,7 +133,7 @@ def main() -> None:
     for title, env in variants.items():
         with tempfile.TemporaryDirectory() as tmp:
             port = free_port()
-            process = start_server(Path(tmp), port, env)
+            process = start_server(Path(tmp), port, env=env, log_level="warning")
             try:
                 result = run_load(
                     f"http://127.0.0.1:{port}", process.pid, args.seconds, args.clients

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from bench.common import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EMBED_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
@@ -40,3 +43,8 @@ def image_bytes(
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def start_test_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A real server process on the shipped default model, logging to ``log``."""
+    return start_server(data_dir, port, log=log, env={"EMBED_MODEL_DIR": str(DEFAULT_MODEL)})

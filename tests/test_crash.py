@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,31 +12,9 @@ import httpx2 as httpx
 import pytest
 
 from bench.common import free_port
-from tests.conftest import CIFAR, DEFAULT_MODEL, ROOT
+from tests.conftest import CIFAR, start_test_server
 
 pytestmark = pytest.mark.slow
-
-
-def start(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "EMBED_DATA_DIR": str(data_dir), "EMBED_MODEL_DIR": str(DEFAULT_MODEL)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("a"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return process
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
 
 
 def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> None:
@@ -53,7 +28,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> Non
     port = free_port()
     log = tmp_path / "server.log"
     for round_ in range(3):
-        process = start(tmp_path / "data", port, log)
+        process = start_test_server(tmp_path / "data", port, log)
         stop = threading.Event()
 
         def client_loop(seed: int, stop: threading.Event) -> None:
@@ -88,7 +63,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> Non
             thread.join(timeout=30)
 
     assert len(acknowledged) > 10
-    process = start(tmp_path / "data", port, log)
+    process = start_test_server(tmp_path / "data", port, log)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for item_id, label in acknowledged.items():
@@ -112,7 +87,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> Non
 def test_sigkill_during_activation_leaves_the_old_model(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "server.log"
-    process = start(tmp_path / "data", port, log)
+    process = start_test_server(tmp_path / "data", port, log)
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=120) as client:
@@ -140,7 +115,7 @@ def test_sigkill_during_activation_leaves_the_old_model(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    process = start(tmp_path / "data", port, log)
+    process = start_test_server(tmp_path / "data", port, log)
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
             assert client.get("/model").json()["version"] == old

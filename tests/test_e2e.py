@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +11,7 @@ import httpx2 as httpx
 import pytest
 
 from bench.common import free_port
-from tests.conftest import CIFAR, DEFAULT_MODEL, ROOT
+from tests.conftest import CIFAR, start_test_server
 
 pytestmark = pytest.mark.slow
 
@@ -22,37 +19,14 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[httpx.Client]:
     port = free_port()
-    env = {
-        **os.environ,
-        "EMBED_DATA_DIR": str(tmp_path / "data"),
-        "EMBED_MODEL_DIR": str(DEFAULT_MODEL),
-    }
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = start_test_server(tmp_path / "data", port, tmp_path / "server.log")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
         yield client
     finally:
         client.close()
         process.terminate()
         process.wait(timeout=60)
-        log.close()
 
 
 def files(label: str, start: int, count: int) -> list[tuple[str, tuple[str, bytes, str]]]:

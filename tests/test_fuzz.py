@@ -16,8 +16,7 @@ from schemathesis.checks import (
 )
 
 from bench.common import free_port
-from tests.conftest import CIFAR
-from tests.test_crash import start
+from tests.conftest import CIFAR, start_test_server
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +25,7 @@ pytestmark = pytest.mark.slow
 def fuzz_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
     tmp = tmp_path_factory.mktemp("fuzz")
     port = free_port()
-    process = start(tmp / "data", port, tmp / "server.log")
+    process = start_test_server(tmp / "data", port, tmp / "server.log")
     base = f"http://127.0.0.1:{port}"
     import httpx2 as httpx
 

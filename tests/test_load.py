@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.common import free_port
-from bench.http_load import run_load, start_server
+from bench.http_load import run_load
+from tests.conftest import start_test_server
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_mixed_load_has_no_errors_and_flat_memory(tmp_path: Path) -> None:
     seconds = float(os.environ.get("LOAD_SECONDS", "30"))
     port = free_port()
-    process = start_server(tmp_path / "data", port, {})
+    process = start_test_server(tmp_path / "data", port, tmp_path / "server.log")
     try:
         result = run_load(f"http://127.0.0.1:{port}", process.pid, seconds, clients=6)
     finally:

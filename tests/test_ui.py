@@ -16,8 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from bench.common import free_port
-from tests.conftest import CIFAR
-from tests.test_crash import start
+from tests.conftest import CIFAR, start_test_server
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +65,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
 
 def test_search_and_cluster_in_the_browser(browser: webdriver.Chrome, tmp_path: Path) -> None:
     port = free_port()
-    process = start(tmp_path / "data", port, tmp_path / "server.log")
+    process = start_test_server(tmp_path / "data", port, tmp_path / "server.log")
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
