@@ -52,3 +52,13 @@ def auto_kmeans(vectors: np.ndarray, max_k: int = 10, seed: int = 0) -> Clusteri
             best = (score, result)
     assert best is not None
     return best[1]
+
+
+def project_2d(vectors: np.ndarray) -> np.ndarray:
+    """The first two principal components of ``vectors`` ``(N, 2)``, for plotting them."""
+    if len(vectors) < 2:
+        return np.zeros((len(vectors), 2))
+    centred = vectors - vectors.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ components[:2].T
+    return np.pad(points, ((0, 0), (0, 2 - points.shape[1])))

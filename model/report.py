@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from model.clustering import project_2d
 from model.data import Sample, discover, load, split
 from model.embedding import Embedder
 from model.training import evaluate
@@ -20,6 +21,15 @@ from model.training import evaluate
 def _under(samples: list[Sample], root: Path) -> list[Sample]:
     resolved = root.resolve()
     return [s for s in samples if s.path.resolve().is_relative_to(resolved)]
+
+
+def held_out_split(
+    roots: list[Path], classes: list[str] | None, val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample], list[str]]:
+    """The training run's seeded split over all roots: ``(train, validation, class names)``."""
+    samples = discover(roots, classes, None, seed)
+    train_samples, val_samples = split(samples, val_fraction, seed)
+    return train_samples, val_samples, sorted({s.label for s in samples})
 
 
 def evaluate_per_root(
@@ -32,9 +42,7 @@ def evaluate_per_root(
 ) -> dict[str, dict[str, Any]]:
     """``measure`` limits which roots are measured (all by default); the split always
     covers every root."""
-    samples = discover(roots, classes, None, seed)
-    train_samples, val_samples = split(samples, val_fraction, seed)
-    names = sorted({s.label for s in samples})
+    train_samples, val_samples, names = held_out_split(roots, classes, val_fraction, seed)
     size = embedder.config.input_size
     results: dict[str, dict[str, Any]] = {}
     for root in measure or roots:
@@ -78,16 +86,11 @@ def plot_projection(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    samples = discover(roots, classes, None, seed)
-    _, val_samples = split(samples, 0.2, seed)
-    names = sorted({s.label for s in samples})
+    _, val_samples, names = held_out_split(roots, classes, 0.2, seed)
     fig, axes = plt.subplots(1, len(roots), figsize=(5 * len(roots), 4.5), dpi=110, squeeze=False)
     for axis, root in zip(axes[0], roots, strict=True):
         images = load(_under(val_samples, root), embedder.config.input_size, names)
-        vectors = embedder.embed_tensors(images.images)
-        centred = vectors - vectors.mean(axis=0)
-        _, _, components = np.linalg.svd(centred, full_matrices=False)
-        points = centred @ components[:2].T
+        points = project_2d(embedder.embed_tensors(images.images))
         labels = np.array(images.label_names())
         for name in names:
             mask = labels == name

@@ -17,7 +17,7 @@ from app.services.runtime import DecodedUpload, Runtime, Snapshot
 from app.store.database import Database, ItemRecord, NewItem
 from app.store.images import EXTENSIONS, ImageStore
 from app.store.index import VectorIndex
-from model.clustering import auto_kmeans, kmeans
+from model.clustering import auto_kmeans, kmeans, project_2d
 from model.metrics import clustering_metrics, silhouette
 
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
@@ -244,20 +244,12 @@ class Catalog:
                 for i, c in zip(ids, grouping.assignments, strict=True)
             ],
             "metrics": metrics,
-            "projection": project_2d(ids, vectors) if projection else None,
+            "projection": points_2d(ids, vectors) if projection else None,
         }
 
 
-def project_2d(ids: np.ndarray, vectors: np.ndarray) -> list[dict[str, float]]:
-    """The first two principal components of the vectors, for plotting."""
-    centred = vectors - vectors.mean(axis=0)
-    if len(vectors) < 2:
-        points = np.zeros((len(vectors), 2))
-    else:
-        _, _, components = np.linalg.svd(centred, full_matrices=False)
-        points = centred @ components[:2].T
-        if points.shape[1] < 2:
-            points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+def points_2d(ids: np.ndarray, vectors: np.ndarray) -> list[dict[str, float]]:
+    points = project_2d(vectors)
     return [
         {"id": int(i), "x": float(x), "y": float(y)} for i, (x, y) in zip(ids, points, strict=True)
     ]
