@@ -75,59 +75,27 @@ def test_training_resumes_from_its_last_epoch(cifar: Path, tmp_path: Path) -> No
     assert [h["epoch"] for h in card.history] == [1, 2]
 
 
-def test_cli_train_eval_embed(cifar: Path, tmp_path: Path) -> None:
-    out = tmp_path / "cli-model"
-    cli = [sys.executable, "-m", "app.cli"]
-    subprocess.run(
-        [
-            *cli,
-            "train",
-            "--data",
-            str(cifar),
-            "--classes",
-            "cat,bird",
-            "--max-per-class",
-            "64",
-            "--epochs",
-            "1",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def triplet_embed(*args: str) -> str:
+    """Runs the CLI as a user would and returns its standard output."""
     result = subprocess.run(
-        [
-            *cli,
-            "eval",
-            "--model",
-            str(out),
-            "--data",
-            str(cifar),
-            "--classes",
-            "cat,bird",
-            "--max-per-class",
-            "64",
-        ],
+        [sys.executable, "-m", "app.cli", *args],
         check=True,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    metrics = json.loads(result.stdout)
+    return result.stdout
+
+
+def test_cli_train_eval_embed(cifar: Path, tmp_path: Path) -> None:
+    out = str(tmp_path / "cli-model")
+    data = ["--data", str(cifar), "--classes", "cat,bird", "--max-per-class", "64"]
+    triplet_embed("train", *data, "--epochs", "1", "--out", out)
+    metrics = json.loads(triplet_embed("eval", "--model", out, *data))
     for key in ("precision_at_1", "map_at_r", "purity", "nmi", "ari"):
         assert 0.0 <= metrics[key] <= 1.0 or key == "ari"
     assert metrics["queries"] == 26 and metrics["gallery"] == 102
     image = sorted((cifar / "cat").iterdir())[0]
-    embedded = subprocess.run(
-        [*cli, "embed", "--model", str(out), str(image)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    vector = json.loads(embedded.stdout)["vector"]
+    vector = json.loads(triplet_embed("embed", "--model", out, str(image)))["vector"]
     assert len(vector) == 128
     assert sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-4)
