@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.backends import BackendChoice
+
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "default"
 
 
@@ -24,7 +26,7 @@ class Settings(BaseSettings):
     max_files: int = Field(default=64, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    backend: BackendChoice = "auto"
     torch_threads: int = Field(default=0, ge=0)
     batch_max_images: int = Field(default=64, ge=1, le=1024)
     batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)

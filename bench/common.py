@@ -16,30 +16,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def interleaved(
-    variants: dict[str, Callable[[], int]], rounds: int = 5, warmup: int = 1
+    variants: dict[str, Callable[[], int]], rounds: int = 5, warmup: int = 1, pause: float = 0.0
 ) -> dict[str, float]:
     """Runs each variant ``rounds`` times in A B A B order; returns the median items/s.
 
-    Each callable does one unit of work and returns how many items it processed."""
+    Each callable does one unit of work and returns how many items it processed. ``pause``
+    seconds pass (untimed) before each run, so that thread pools still spinning after the
+    previous variant (OpenMP's, OpenVINO's) do not steal the cores from the next one."""
     for _ in range(warmup):
         for run in variants.values():
             run()
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, run in variants.items():
+            time.sleep(pause)
             start = time.perf_counter()
             items = run()
             samples[name].append(items / (time.perf_counter() - start))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def print_table(title: str, rates: dict[str, float], baseline: str, unit: str = "items/s") -> None:
+def print_table(
+    title: str,
+    rates: dict[str, float],
+    baseline: str,
+    unit: str = "items/s",
+    extra: tuple[str, dict[str, str]] | None = None,
+) -> None:
+    """A Markdown table of rates and their ratio to ``baseline``; ``extra`` adds a column
+    (its header and a value per variant)."""
+    header, values = extra if extra is not None else ("", {})
     print(f"\n{title}")
-    print(f"| variant | {unit} | ratio to {baseline} |")
-    print("| --- | --- | --- |")
+    print(f"| variant | {unit} | ratio to {baseline} |" + (f" {header} |" if extra else ""))
+    print("| --- | --- | --- |" + (" --- |" if extra else ""))
     base = rates[baseline]
     for name, rate in rates.items():
-        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |")
+        cell = f" {values.get(name, '')} |" if extra else ""
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x |{cell}")
 
 
 def free_port() -> int:

@@ -73,7 +73,10 @@ def run_load(
     clients: int,
     mix: dict[str, float] | None = None,
     seed: int = 0,
+    images_per_embed: int = 1,
 ) -> LoadResult:
+    """``clients`` threads send ``mix``'s operations (one image each, but ``/embed`` sends
+    ``images_per_embed``) until ``seconds`` pass."""
     mix = mix or {"embed": 0.3, "add": 0.3, "search": 0.4}
     images = {
         label: [p.read_bytes() for p in sorted((CIFAR / label).iterdir())[:200]]
@@ -94,7 +97,11 @@ def run_load(
                 start = time.perf_counter()
                 try:
                     if op == "embed":
-                        response = client.post("/embed", files={"files": image})
+                        batch = [
+                            ("files", ("x.jpg", rng.choice(images[label]), "image/jpeg"))
+                            for _ in range(images_per_embed)
+                        ]
+                        response = client.post("/embed", files=batch)
                     elif op == "add":
                         response = client.post(
                             "/items", files={"files": image}, data={"labels": label}

@@ -19,7 +19,7 @@ import numpy as np
 
 from app.store.index import IndexPolicy, VectorIndex
 from model.data import discover, load
-from model.embedding import Embedder, bf16_supported
+from model.embedding import Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "train"
@@ -28,7 +28,7 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "train"
 def real_embeddings(model: Path, count: int, seed: int) -> np.ndarray:
     classes = sorted(p.name for p in CIFAR.iterdir())
     samples = discover([CIFAR], max_per_class=count // len(classes), seed=seed)
-    embedder = Embedder.from_dir(model, precision="bf16" if bf16_supported() else "fp32")
+    embedder = Embedder.from_dir(model, "auto")
     return embedder.embed_tensors(load(samples, embedder.config.input_size, classes).images)
 
 

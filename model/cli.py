@@ -1,4 +1,5 @@
-"""Command-line subcommands of the ML core: ``train``, ``eval``, ``report``, ``export``, ``embed``.
+"""Command-line subcommands of the ML core: ``train``, ``eval``, ``quantize``, ``report``,
+``export``, ``embed``.
 
 ``app.cli`` adds ``serve`` and is the ``triplet-embed`` entry point; keeping these here lets
 the ML core run without the web service.
@@ -15,9 +16,10 @@ from typing import Any, get_args
 
 from tqdm import tqdm
 
+from model.backends import BACKENDS, bf16_native
 from model.config import ModelType, Stem
 from model.data import discover, load, split
-from model.embedding import Embedder, bf16_supported
+from model.embedding import Embedder
 from model.mining import STRATEGIES
 from model.preprocessing import ImageDecodeError, load_image_file
 from model.report import evaluate_per_root, plot_projection, plot_training_curve
@@ -33,8 +35,17 @@ def _classes(value: str | None) -> list[str] | None:
     return names
 
 
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["auto", *BACKENDS],
+        default="auto",
+        help="inference backend (default: the fastest this machine and model run safely)",
+    )
+
+
 def add_subcommands(sub: Any) -> None:
-    """Registers ``train``, ``eval`` and ``embed`` on an ``argparse`` subparsers object."""
+    """Registers the ML core's subcommands on an ``argparse`` subparsers object."""
     t = sub.add_parser("train", help="train an embedding model on folders of labelled images")
     t.add_argument(
         "--data",
@@ -93,7 +104,20 @@ def add_subcommands(sub: Any) -> None:
         action="store_true",
         help="with --data: split all roots together, report each root's held-out images",
     )
+    _add_backend(e)
     e.set_defaults(handler=run_eval)
+
+    q = sub.add_parser(
+        "quantize",
+        help="calibrate int8 on the model's training split, measure it on the held-out split",
+    )
+    q.add_argument("--model", type=Path, required=True, help="model directory (gets int8.json)")
+    q.add_argument(
+        "--data", type=Path, action="append", required=True, help="the roots it was trained on"
+    )
+    q.add_argument("--classes", type=_classes, help="default: the classes it was trained on")
+    q.add_argument("--images", type=int, default=512, help="calibration images")
+    q.set_defaults(handler=run_quantize)
 
     r = sub.add_parser("report", help="write model-card figures (training curve, projection)")
     r.add_argument("--model", type=Path, required=True)
@@ -110,6 +134,7 @@ def add_subcommands(sub: Any) -> None:
     m = sub.add_parser("embed", help="print the embedding of each image as JSON lines")
     m.add_argument("--model", type=Path, required=True)
     m.add_argument("images", type=Path, nargs="+")
+    _add_backend(m)
     m.set_defaults(handler=run_embed)
 
 
@@ -117,7 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
     margin = (
         args.margin if args.margin is not None else (1.0 if args.model_type == "siamese" else 0.2)
     )
-    bf16 = bf16_supported() if args.bf16 is None else args.bf16
+    bf16 = bf16_native() if args.bf16 is None else args.bf16
     recipe = TrainRecipe(
         data=[str(d) for d in args.data],
         classes=args.classes,
@@ -163,7 +188,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    embedder = Embedder.from_dir(args.model)
+    embedder = Embedder.from_dir(args.model, args.backend)
+    print(f"backend: {embedder.backend}", file=sys.stderr)
     config = embedder.config
     if args.data and args.per_root:
         per_root = evaluate_per_root(
@@ -198,6 +224,15 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_quantize(args: argparse.Namespace) -> int:
+    from model.calibration import calibrate_model_dir
+
+    calibration = calibrate_model_dir(args.model, args.data, args.classes, args.images)
+    path = calibration.save(args.model)
+    print(json.dumps({"wrote": str(path), **calibration.summary()}, indent=2))
+    return 0 if calibration.passes else 1
+
+
 def run_report(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401
@@ -226,7 +261,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    embedder = Embedder.from_dir(args.model)
+    embedder = Embedder.from_dir(args.model, args.backend)
     status = 0
     for path in args.images:
         try:

@@ -2,85 +2,74 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from model.backends import BackendChoice, select_backend
 from model.checkpoint import ModelCard, load_model
 from model.config import ModelConfig
 from model.network import EmbeddingNet
-from model.preprocessing import normalize, prepare
+from model.preprocessing import prepare
+from model.quantization import CALIBRATION_FILE, Int8Calibration
 
-Precision = Literal["fp32", "bf16"]
-
-
-def bf16_supported() -> bool:
-    """bf16 pays off only where the CPU computes it natively (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@contextlib.contextmanager
-def precision_context(precision: Precision) -> Iterator[None]:
-    if precision == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield
-    else:
-        yield
+log = logging.getLogger(__name__)
 
 
 class Embedder:
     """Embeds ``uint8`` image tensors or PIL images in batches, without gradients.
 
-    ``precision`` ``bf16`` runs the network under bf16 autocast in channels-last layout;
-    the output is float32 and L2-normalised either way.
+    ``backend`` chooses how the forward pass runs (:mod:`model.backends`); the output is
+    float32 and L2-normalised whichever runs it. ``net`` stays eager PyTorch either way.
     """
 
     def __init__(
         self,
         net: EmbeddingNet,
         card: ModelCard | None = None,
-        precision: Precision = "fp32",
+        backend: BackendChoice = "torch-fp32",
+        calibration: Int8Calibration | None = None,
         batch_size: int = 64,
     ) -> None:
         self.net = net.eval()
         self.card = card
         self.config: ModelConfig = net.config
-        self.precision = precision
         self.batch_size = batch_size
-        if precision == "bf16":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.calibration = calibration
+        self.backend, self._forward = select_backend(self.net, backend, calibration)
 
     @classmethod
-    def from_dir(cls, model_dir: Path, precision: Precision = "fp32") -> Embedder:
+    def from_dir(cls, model_dir: Path, backend: BackendChoice = "torch-fp32") -> Embedder:
+        """Loads weights, card and (if present and made for these weights) the int8
+        calibration, and builds ``backend``."""
         net, card = load_model(model_dir)
-        return cls(net, card, precision)
+        calibration = Int8Calibration.load(model_dir)
+        if calibration is not None and calibration.model_hash != card.content_hash:
+            log.warning("ignoring %s: it was made for other weights", CALIBRATION_FILE)
+            calibration = None
+        return cls(net, card, backend, calibration)
 
     @property
     def dim(self) -> int:
         return self.config.embedding_dim
 
-    @torch.inference_mode()
     def embed_tensors(self, images: torch.Tensor) -> np.ndarray:
         """``uint8`` ``(N, 3, S, S)`` to float32 ``(N, D)`` unit vectors."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            batch = normalize(images[start : start + self.batch_size], self.config)
-            if self.precision == "bf16":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with precision_context(self.precision):
-                outputs.append(self.net(batch).float())
-        return torch.cat(outputs).numpy()
+        size = self.config.input_size
+        if images.shape[-2:] != (size, size):
+            shape = "x".join(str(n) for n in images.shape[-2:])
+            raise ValueError(f"images are {shape} px, the model takes {size}x{size} px")
+        outputs = [
+            self._forward(images[start : start + self.batch_size])
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(outputs)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

@@ -16,20 +16,22 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import load_model
+from model.network import EmbeddingNet
 
 
-def export_onnx(model_dir: Path, out: Path, opset: int = 18) -> Path:
+def write_onnx(net: EmbeddingNet, out: Path, metadata: dict[str, str], opset: int = 18) -> Path:
+    """Exports ``net`` (any batch size, its own input size) to ``out`` atomically, with
+    ``metadata`` written into the file."""
     import onnx
 
-    net, card = load_model(model_dir)
-    size = card.config.input_size
+    size = net.config.input_size
     example = torch.randn(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     fd, tmp = tempfile.mkstemp(dir=out.parent if out.parent.exists() else None, suffix=".onnx")
     os.close(fd)
     try:
         torch.onnx.export(
-            net,
+            net.eval(),
             (example,),
             tmp,
             input_names=["images"],
@@ -40,13 +42,6 @@ def export_onnx(model_dir: Path, out: Path, opset: int = 18) -> Path:
             verbose=False,
         )
         graph = onnx.load(tmp)
-        metadata = {
-            "version": card.version,
-            "input_size": str(size),
-            "mean": json.dumps(list(card.config.mean)),
-            "std": json.dumps(list(card.config.std)),
-            "labels": json.dumps(list(card.config.labels)),
-        }
         for key, value in metadata.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
@@ -56,3 +51,16 @@ def export_onnx(model_dir: Path, out: Path, opset: int = 18) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return out
+
+
+def export_onnx(model_dir: Path, out: Path, opset: int = 18) -> Path:
+    """Exports a model directory, with its version and preprocessing as metadata."""
+    net, card = load_model(model_dir)
+    metadata = {
+        "version": card.version,
+        "input_size": str(card.config.input_size),
+        "mean": json.dumps(list(card.config.mean)),
+        "std": json.dumps(list(card.config.std)),
+        "labels": json.dumps(list(card.config.labels)),
+    }
+    return write_onnx(net, out, metadata, opset)

@@ -365,7 +365,7 @@ def train(
             "lr": schedule(step - 1),
         }
         if len(data.val):
-            embedder = Embedder(net, precision="bf16" if recipe.bf16 else "fp32")
+            embedder = Embedder(net, backend="torch-bf16" if recipe.bf16 else "torch-fp32")
             quick = evaluate(embedder, data.val, gallery, clusters=False)
             entry["val_precision_at_1"] = quick["precision_at_1"]
             entry["val_map_at_r"] = quick["map_at_r"]

@@ -26,7 +26,10 @@ class ModelInfo(BaseModel):
     stem: str
     labels: list[str]
     trained_at: str
-    precision: str
+    backend: str = Field(description="the inference backend running it (EMBED_BACKEND)")
+    int8: dict[str, Any] | None = Field(
+        description="int8 calibration quality against fp32 on the held-out split, if calibrated"
+    )
     metrics: dict[str, Any]
 
 

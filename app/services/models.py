@@ -22,8 +22,9 @@ from app.services.runtime import Runtime, Snapshot
 from app.store.database import Database
 from app.store.images import ImageStore
 from app.store.index import VectorIndex
+from model.backends import BackendChoice
 from model.checkpoint import CheckpointError, ModelCard, load_model, read_card
-from model.embedding import Embedder, Precision, bf16_supported
+from model.embedding import Embedder
 from model.preprocessing import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class ModelService:
         catalog: Catalog,
         models_dir: Path,
         index_dir: Path,
-        precision: str = "auto",
+        backend: BackendChoice = "auto",
     ) -> None:
         self.db = db
         self.images = images
@@ -48,9 +49,7 @@ class ModelService:
         self.catalog = catalog
         self.models_dir = models_dir
         self.index_dir = index_dir
-        self.precision: Precision = (
-            ("bf16" if bf16_supported() else "fp32") if precision == "auto" else precision  # type: ignore[assignment]
-        )
+        self.backend = backend
         self._activation_lock = threading.Lock()
         self.activating: str | None = None
         self.last_activation: dict[str, Any] = {}
@@ -95,8 +94,9 @@ class ModelService:
         record = self.db.model(version)
         if record is None:
             raise NotFound(f"model version {version!r} not found")
-        net, card = load_model(Path(record["path"]))
-        return Embedder(net, card, self.precision), card
+        embedder = Embedder.from_dir(Path(record["path"]), self.backend)
+        assert embedder.card is not None
+        return embedder, embedder.card
 
     # --- start-up --------------------------------------------------------------------------
 

@@ -30,8 +30,8 @@ from app.services.catalog import LABEL_PATTERN
 from app.services.models import ModelService
 from app.store.database import Database
 from app.store.images import ImageStore
+from model.backends import bf16_native
 from model.data import IMAGE_SUFFIXES
-from model.embedding import bf16_supported
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class TrainingJobs:
             "epochs": options["epochs"],
             "batch_size": options["batch_size"],
             "lr": options["lr"],
-            "bf16": bf16_supported(),
+            "bf16": bf16_native(),
             "init_from": None if from_scratch else active_record["path"],
         }
         return {"recipe": recipe, "out": str(job_dir / "model"), "baseline": active_record["path"]}

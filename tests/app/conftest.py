@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -15,6 +16,9 @@ from tests.conftest import CIFAR, DEFAULT_MODEL
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for an in-process app. It keeps the test process's thread count, which
+    start-up would otherwise lower to one under OpenVINO, slowing every later test."""
+    overrides.setdefault("torch_threads", torch.get_num_threads())
     return Settings(data_dir=data_dir, model_dir=DEFAULT_MODEL, **overrides)
 
 

@@ -5,10 +5,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.main import create_app
+from model.backends import preferred_backends
 from model.checkpoint import save_model
 from model.config import ModelConfig
 from model.network import EmbeddingNet
-from tests.app.conftest import add
+from model.quantization import Int8Calibration
+from tests.app.conftest import add, cifar_upload, make_settings
+from tests.conftest import DEFAULT_MODEL
 
 
 def register_second_model(client: TestClient, tmp_path: Path) -> str:
@@ -27,6 +31,19 @@ def test_active_model_description(client: TestClient) -> None:
     assert "val_precision_at_1" in body["metrics"]
     versions = client.get("/models").json()
     assert [m["active"] for m in versions["models"]] == [True]
+    # the automatic backend is the fastest this CPU runs; the shipped int8 calibration passed
+    assert body["backend"] == preferred_backends(Int8Calibration.load(DEFAULT_MODEL))[0]
+    assert body["int8"]["passes"] is True and body["int8"]["queries"] == 2162
+
+
+def test_backend_setting_chooses_the_backend(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", backend="torch-fp32")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/model").json()["backend"] == "torch-fp32"
+        ids = add(client, "cat", 0, 2)
+        query = cifar_upload("cat", 0, 1)[0][1]
+        top = client.post("/search", files={"file": query}, data={"k": "1"}).json()["neighbors"]
+        assert top[0]["id"] == ids[0] and top[0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
 def test_activation_re_embeds_and_rollback_restores(client: TestClient, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ router = APIRouter(tags=["models"])
 def active_model(services: ServicesDep) -> ModelInfo:
     snapshot = services.runtime.snapshot
     config = snapshot.card.config
+    calibration = snapshot.embedder.calibration
     return ModelInfo(
         version=snapshot.version,
         backbone=config.backbone,
@@ -28,7 +29,8 @@ def active_model(services: ServicesDep) -> ModelInfo:
         stem=config.stem,
         labels=list(config.labels),
         trained_at=snapshot.card.trained_at,
-        precision=snapshot.embedder.precision,
+        backend=snapshot.embedder.backend,
+        int8=calibration.summary() if calibration is not None else None,
         metrics=snapshot.card.metrics,
     )
 

@@ -1,0 +1,215 @@
+"""Inference backends: the ways one trained network can run a forward pass on the CPU.
+
+Measured on the default model (``bench/embed_throughput.py``), OpenVINO beats eager PyTorch
+at every batch size and input size, and its int8 model beats everything else while keeping
+held-out quality (see :mod:`model.quantization`). ONNX Runtime and ``torch.compile`` were
+measured too and lost to OpenVINO everywhere, so they are benchmarks, not backends.
+
+``auto`` picks the fastest backend this machine and model can run safely:
+``openvino-int8`` when the model has a calibration that passed the quality rule and the CPU
+has int8 dot-product instructions (VNNI or AMX), else ``openvino-bf16`` when the CPU
+computes bf16 natively, else ``openvino-fp32``; the PyTorch backends are the fallback when
+OpenVINO is missing or fails. Every candidate is checked against eager fp32 on a probe
+batch before it is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
+
+import numpy as np
+import torch
+
+from model.config import ModelConfig
+from model.network import EmbeddingNet
+from model.preprocessing import normalize
+from model.quantization import Int8Calibration, QuantizationError, quantized_model, to_openvino
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+BackendChoice = Literal["auto", Backend]
+
+# A forward pass: ``uint8`` ``(N, 3, S, S)`` images at the model's input size to float32
+# ``(N, D)`` unit vectors. Normalisation is part of it, so OpenVINO can do it in its graph.
+Forward = Callable[[torch.Tensor], np.ndarray]
+
+PROBE_MIN_COSINE = 0.99
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (library missing, CPU, or bad calibration)."""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def bf16_native() -> bool:
+    """bf16 pays off only where the CPU computes it natively (AVX-512 BF16 or AMX)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def int8_native() -> bool:
+    """int8 pays off only with dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def preferred_backends(calibration: Int8Calibration | None) -> list[Backend]:
+    """``auto``'s candidates on this machine, fastest first, given the model's calibration
+    (which must belong to the model's weights: see ``Embedder.from_dir``)."""
+    order: list[Backend] = []
+    if openvino_available():
+        if calibration is not None and calibration.passes and int8_native():
+            order.append("openvino-int8")
+        if bf16_native():
+            order.append("openvino-bf16")
+        order.append("openvino-fp32")
+    if bf16_native():
+        order.append("torch-bf16")
+    order.append("torch-fp32")
+    return order
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def _torch_forward(net: EmbeddingNet, bf16: bool) -> Forward:
+    if not bf16:
+
+        def fp32(images: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                return net(normalize(images, net.config)).numpy()
+
+        return fp32
+    channels_last = net.to(memory_format=torch.channels_last)
+
+    def bf16_autocast(images: torch.Tensor) -> np.ndarray:
+        batch = normalize(images, net.config).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return channels_last(batch).float().numpy()
+
+    return bf16_autocast
+
+
+def _with_uint8_input(model: ov.Model, config: ModelConfig) -> ov.Model:
+    """Folds :func:`model.preprocessing.normalize` into the graph: the model then takes the
+    ``uint8`` images themselves, and no PyTorch operation (whose OpenMP threads would keep
+    spinning on the cores OpenVINO is about to use) runs before it."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    steps = PrePostProcessor(model)
+    steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+    steps.input().model().set_layout(ov.Layout("NCHW"))
+    steps.input().preprocess().convert_element_type(ov.Type.f32).mean(
+        [255.0 * m for m in config.mean]
+    ).scale([255.0 * s for s in config.std])
+    return steps.build()
+
+
+def _openvino_forward(
+    net: EmbeddingNet, precision: str, calibration: Int8Calibration | None
+) -> Forward:
+    import openvino as ov
+
+    if precision == "int8":
+        if calibration is None:
+            raise BackendUnavailable("openvino-int8 needs the model's int8 calibration (int8.json)")
+        try:
+            model = quantized_model(net, calibration.ranges)
+        except QuantizationError as exc:
+            raise BackendUnavailable(str(exc)) from exc
+        hint = "f32"  # layers left unquantised stay exact, so quality matches the test
+    else:
+        model = to_openvino(net)
+        hint = precision
+    model = _with_uint8_input(model, net.config)
+    compiled = ov.Core().compile_model(
+        model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    )
+    request = compiled.create_infer_request()
+    lock = threading.Lock()  # one infer request: its output buffer is reused by the next call
+
+    def forward(images: torch.Tensor) -> np.ndarray:
+        with lock:
+            output = request.infer({0: images.numpy()})[0]
+            return _unit(output)  # a new array: the request's buffer is not handed out
+
+    return forward
+
+
+def build_forward(
+    net: EmbeddingNet, backend: Backend, calibration: Int8Calibration | None = None
+) -> Forward:
+    """A forward pass of ``net`` on ``backend``; raises :class:`BackendUnavailable`."""
+    net = net.eval()
+    if backend == "torch-fp32":
+        return _torch_forward(net, bf16=False)
+    if backend == "torch-bf16":
+        return _torch_forward(net, bf16=True)
+    if not openvino_available():
+        raise BackendUnavailable(f"{backend} needs the openvino package")
+    precision = backend.removeprefix("openvino-")
+    return _openvino_forward(net, {"fp32": "f32"}.get(precision, precision), calibration)
+
+
+def agrees_with_fp32(net: EmbeddingNet, forward: Forward) -> float:
+    """Lowest cosine similarity between ``forward`` and eager fp32 on a fixed probe batch."""
+    size = net.config.input_size
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=generator)
+    with torch.inference_mode():
+        reference = net(normalize(probe, net.config)).numpy()
+    return float(np.min(np.sum(forward(probe) * reference, axis=1)))
+
+
+def select_backend(
+    net: EmbeddingNet, choice: BackendChoice, calibration: Int8Calibration | None = None
+) -> tuple[Backend, Forward]:
+    """The requested backend, or with ``auto`` the fastest candidate that builds and agrees
+    with fp32 on a probe batch. An explicitly requested backend that fails raises."""
+    if choice != "auto":
+        forward = build_forward(net, choice, calibration)
+        cosine = agrees_with_fp32(net, forward)
+        if cosine < PROBE_MIN_COSINE:
+            raise BackendUnavailable(f"{choice} disagrees with fp32 (cosine {cosine:.4f})")
+        return choice, forward
+    for backend in preferred_backends(calibration):
+        try:
+            forward = build_forward(net, backend, calibration)
+            cosine = agrees_with_fp32(net, forward)
+        except Exception as exc:  # any failure of an optional fast path means: next one
+            log.warning("backend %s unavailable, trying the next: %s", backend, exc)
+            continue
+        if cosine >= PROBE_MIN_COSINE:
+            return backend, forward
+        log.warning("backend %s disagrees with fp32 (cosine %.4f), skipping", backend, cosine)
+    raise BackendUnavailable("no backend could run this network")  # torch-fp32 always runs

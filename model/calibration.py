@@ -1,0 +1,68 @@
+"""Calibrating a trained model for int8 on its own training split, and proving it on the
+held-out split.
+
+The split is the training run's (same roots, classes, validation fraction and seed, read
+from the model card), so the calibration images are training images and the quality check
+uses only images the model never saw. Both fp32 and int8 are measured in the same way as
+the card's ``val_*`` metrics: held-out queries against the training gallery, then k-means
+on the queries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.checkpoint import load_model
+from model.data import load
+from model.embedding import Embedder
+from model.quantization import GUARDED_METRICS, Int8Calibration, calibrate
+from model.report import held_out_split
+from model.training import evaluate
+
+CALIBRATION_IMAGES = 512
+
+
+def calibrate_model_dir(
+    model_dir: Path,
+    roots: list[Path],
+    classes: list[str] | None = None,
+    images: int = CALIBRATION_IMAGES,
+    seed: int | None = None,
+    val_fraction: float | None = None,
+) -> Int8Calibration:
+    """Calibrates on ``images`` random training-split images and measures int8 against fp32
+    on the validation split. Does not write anything; ``Int8Calibration.save`` does."""
+    net, card = load_model(model_dir)
+    recipe = card.recipe or {}
+    seed = int(recipe.get("seed", 0)) if seed is None else seed
+    val_fraction = float(recipe.get("val_fraction", 0.2)) if val_fraction is None else val_fraction
+    classes = classes or recipe.get("classes")
+    train_samples, val_samples, names = held_out_split(roots, classes, val_fraction, seed)
+    if not train_samples or not val_samples:
+        raise ValueError("calibration needs both training and validation images")
+    size = card.config.input_size
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(train_samples), min(images, len(train_samples)), replace=False)
+    calibration_set = load([train_samples[i] for i in sorted(chosen)], size, names)
+    ranges = calibrate(net, calibration_set.images)
+    draft = Int8Calibration(card.content_hash, ranges, len(calibration_set))
+
+    queries = load(val_samples, size, names)
+    gallery = load(train_samples, size, names)
+    fp32 = evaluate(Embedder(net, card), queries, gallery, seed=seed)
+    int8 = evaluate(Embedder(net, card, "openvino-int8", draft), queries, gallery, seed=seed)
+    quality: dict[str, Any] = {
+        "roots": [str(r) for r in roots],
+        "classes": names,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "queries": len(queries),
+        "gallery": len(gallery),
+        "fp32": fp32,
+        "int8": int8,
+        "deltas": {name: int8[name] - fp32[name] for name in (*GUARDED_METRICS, "map_at_r")},
+    }
+    return Int8Calibration(card.content_hash, ranges, len(calibration_set), quality)
