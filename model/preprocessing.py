@@ -93,7 +93,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def load_image_file(path: Path, target_size: int | None = None) -> Image.Image:
@@ -108,8 +108,9 @@ def to_square_tensor(image: Image.Image, size: int) -> torch.Tensor:
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
+    if (new_w, new_h) != (size, size):
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 

@@ -4,6 +4,10 @@ One inference thread takes the first waiting request, then gathers whatever else
 within ``max_wait_s`` (up to ``max_batch`` images), runs one forward pass per model among
 them, and hands each request its own rows. While a pass runs, new requests queue up and join
 the next one, so under load batches form without any added waiting.
+
+The wait only happens while traffic is concurrent (the previous pass merged requests): a
+lone client's request goes straight through, which took its ``/embed`` p50 from 7.7 ms to
+about 4 ms, while 16 clients keep the larger batches the wait gathers.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class InferenceBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
+        self._concurrent = False
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._thread.start()
@@ -54,7 +59,7 @@ class InferenceBatcher:
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
         pending, count = [first], len(first.images)
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = time.monotonic() + (self.max_wait_s if self._concurrent else 0.0)
         while count < self.max_batch:
             try:
                 timeout = deadline - time.monotonic()
@@ -75,6 +80,7 @@ class InferenceBatcher:
             if first is None:
                 return
             pending, closing = self._gather(first)
+            self._concurrent = len(pending) > 1
             by_model: dict[int, list[_Request]] = {}
             for request in pending:
                 by_model.setdefault(id(request.embedder), []).append(request)

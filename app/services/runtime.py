@@ -97,10 +97,15 @@ class Runtime:
                 raise BadRequest(message) from exc
             return DecodedUpload(name, data, image, fmt)
 
+        if len(files) == 1:  # a hop to the pool would cost more than it could overlap
+            return [one(files[0])]
         return list(self._decode.map(one, files))
 
     def embed_images(self, embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:
-        tensors = list(self._decode.map(lambda im: prepare(im, embedder.config), images))
+        if len(images) == 1:
+            tensors = [prepare(images[0], embedder.config)]
+        else:
+            tensors = list(self._decode.map(lambda im: prepare(im, embedder.config), images))
         if not tensors:
             return np.zeros((0, embedder.dim), dtype=np.float32)
         return self.embed_tensors(embedder, torch.stack(tensors))

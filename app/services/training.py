@@ -291,6 +291,7 @@ class TrainingJobs:
         history: list[dict[str, Any]] = []
         metrics: dict[str, Any] = {}
         baseline: dict[str, Any] = {}
+        int8: dict[str, Any] = {}
         last_update = 0.0
         assert process.stdout is not None
         for line in process.stdout:
@@ -311,9 +312,11 @@ class TrainingJobs:
                 metrics = dict(event["metrics"])
             elif kind == "baseline":
                 baseline = {"version": event["version"], **event["metrics"]}
+            elif kind == "int8":
+                int8 = {k: v for k, v in event.items() if k != "event"}
         code = process.wait()
         try:
-            self._finish(job_id, code, job_dir, options, metrics, baseline)
+            self._finish(job_id, code, job_dir, options, {**metrics, "int8": int8}, baseline)
         except Exception as exc:  # the job records any failure; the server carries on
             log.exception("training job %s failed while finishing", job_id)
             self.db.update_job(job_id, status="failed", error=str(exc))

@@ -65,8 +65,12 @@ def test_train_on_items_then_activate(client: TestClient) -> None:
         job["metrics"]["val_precision_at_1"] >= 0
         and job["metrics"]["baseline"]["version"] == before
     )
+    int8 = job["metrics"]["int8"]  # the new model was calibrated and measured for int8
+    assert int8["calibration_images"] > 0 and set(int8["deltas"]) >= {"precision_at_1", "purity"}
     assert job["activated"] is True
-    assert client.get("/model").json()["version"] == job["model_version"] != before
+    active = client.get("/model").json()
+    assert active["version"] == job["model_version"] != before
+    assert active["int8"] == int8
     assert client.post("/search", json={"id": 1, "k": 40}).json()["neighbors"].__len__() == 31
     assert [j["job_id"] for j in client.get("/train").json()["jobs"]] == [job_id]
     assert len(client.get("/models").json()["models"]) == 2
