@@ -52,3 +52,23 @@ def test_an_error_reaches_every_waiting_request() -> None:
     batcher.close()
     assert all(not t.is_alive() for t in threads)  # nobody hangs
     assert sum(images.shape[1] == 2 for images in errors) == 2
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The gathering wait applies only while traffic is concurrent: with a 30 s wait, a lone
+    request still comes straight back."""
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    sizes: list[int] = []
+    batcher = InferenceBatcher(max_batch=64, max_wait_s=30.0, on_batch=sizes.append)
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    done = threading.Event()
+
+    def call() -> None:
+        for _ in range(3):
+            batcher.embed(embedder, images)
+        done.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    assert done.wait(timeout=20), "a lone request waited for others"
+    batcher.close()
+    assert sizes == [1, 1, 1]
