@@ -18,8 +18,11 @@ batch before it is used.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
@@ -137,11 +140,38 @@ def _with_uint8_input(model: ov.Model, config: ModelConfig) -> ov.Model:
     return steps.build()
 
 
-def _openvino_forward(
-    net: EmbeddingNet, precision: str, calibration: Int8Calibration | None
-) -> Forward:
-    import openvino as ov
+class _ModelCache:
+    """The last few OpenVINO models built, by weights hash, precision, input size and
+    calibration. Converting (``torch.export``) and quantising take about 4 s on 2 cores, and
+    the same weights are built again whenever an app restarts in one process or a model is
+    re-activated; compiling a cached model takes 0.1 s."""
 
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._models: OrderedDict[tuple[str, ...], ov.Model] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key: tuple[str, ...] | None, build: Callable[[], ov.Model]) -> ov.Model:
+        if key is None:
+            return build()
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        model = build()
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return model
+
+
+_MODELS = _ModelCache()
+
+
+def _openvino_model(
+    net: EmbeddingNet, precision: str, calibration: Int8Calibration | None
+) -> ov.Model:
     if precision == "int8":
         if calibration is None:
             raise BackendUnavailable("openvino-int8 needs the model's int8 calibration (int8.json)")
@@ -149,11 +179,27 @@ def _openvino_forward(
             model = quantized_model(net, calibration.ranges)
         except QuantizationError as exc:
             raise BackendUnavailable(str(exc)) from exc
-        hint = "f32"  # layers left unquantised stay exact, so quality matches the test
     else:
         model = to_openvino(net)
-        hint = precision
-    model = _with_uint8_input(model, net.config)
+    return _with_uint8_input(model, net.config)
+
+
+def _openvino_forward(
+    net: EmbeddingNet,
+    precision: str,
+    calibration: Int8Calibration | None,
+    weights_hash: str | None,
+) -> Forward:
+    import openvino as ov
+
+    key = None
+    if weights_hash is not None:
+        ranges = json.dumps(calibration.ranges if calibration and precision == "int8" else None)
+        digest = hashlib.sha256(ranges.encode()).hexdigest()
+        key = (weights_hash, precision, str(net.config.input_size), digest)
+    model = _MODELS.get_or_build(key, lambda: _openvino_model(net, precision, calibration))
+    # int8: the layers left unquantised stay exact, so quality matches the measured one
+    hint = "f32" if precision == "int8" else precision
     compiled = ov.Core().compile_model(
         model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
     )
@@ -169,9 +215,13 @@ def _openvino_forward(
 
 
 def build_forward(
-    net: EmbeddingNet, backend: Backend, calibration: Int8Calibration | None = None
+    net: EmbeddingNet,
+    backend: Backend,
+    calibration: Int8Calibration | None = None,
+    weights_hash: str | None = None,
 ) -> Forward:
-    """A forward pass of ``net`` on ``backend``; raises :class:`BackendUnavailable`."""
+    """A forward pass of ``net`` on ``backend``; raises :class:`BackendUnavailable`.
+    ``weights_hash`` (the model card's content hash) lets OpenVINO models be reused."""
     net = net.eval()
     if backend == "torch-fp32":
         return _torch_forward(net, bf16=False)
@@ -180,7 +230,8 @@ def build_forward(
     if not openvino_available():
         raise BackendUnavailable(f"{backend} needs the openvino package")
     precision = backend.removeprefix("openvino-")
-    return _openvino_forward(net, {"fp32": "f32"}.get(precision, precision), calibration)
+    precision = {"fp32": "f32"}.get(precision, precision)
+    return _openvino_forward(net, precision, calibration, weights_hash)
 
 
 def agrees_with_fp32(net: EmbeddingNet, forward: Forward) -> float:
@@ -194,19 +245,22 @@ def agrees_with_fp32(net: EmbeddingNet, forward: Forward) -> float:
 
 
 def select_backend(
-    net: EmbeddingNet, choice: BackendChoice, calibration: Int8Calibration | None = None
+    net: EmbeddingNet,
+    choice: BackendChoice,
+    calibration: Int8Calibration | None = None,
+    weights_hash: str | None = None,
 ) -> tuple[Backend, Forward]:
     """The requested backend, or with ``auto`` the fastest candidate that builds and agrees
     with fp32 on a probe batch. An explicitly requested backend that fails raises."""
     if choice != "auto":
-        forward = build_forward(net, choice, calibration)
+        forward = build_forward(net, choice, calibration, weights_hash)
         cosine = agrees_with_fp32(net, forward)
         if cosine < PROBE_MIN_COSINE:
             raise BackendUnavailable(f"{choice} disagrees with fp32 (cosine {cosine:.4f})")
         return choice, forward
     for backend in preferred_backends(calibration):
         try:
-            forward = build_forward(net, backend, calibration)
+            forward = build_forward(net, backend, calibration, weights_hash)
             cosine = agrees_with_fp32(net, forward)
         except Exception as exc:  # any failure of an optional fast path means: next one
             log.warning("backend %s unavailable, trying the next: %s", backend, exc)

@@ -40,7 +40,8 @@ class Embedder:
         self.config: ModelConfig = net.config
         self.batch_size = batch_size
         self.calibration = calibration
-        self.backend, self._forward = select_backend(self.net, backend, calibration)
+        weights_hash = card.content_hash if card is not None else None
+        self.backend, self._forward = select_backend(self.net, backend, calibration, weights_hash)
 
     @classmethod
     def from_dir(cls, model_dir: Path, backend: BackendChoice = "torch-fp32") -> Embedder:
