@@ -177,6 +177,8 @@ def _openvino_model(
             raise BackendUnavailable("openvino-int8 needs the model's int8 calibration (int8.json)")
         try:
             model = quantized_model(net, calibration.ranges)
+        except ImportError as exc:
+            raise BackendUnavailable(f"openvino-int8 needs the nncf package: {exc}") from exc
         except QuantizationError as exc:
             raise BackendUnavailable(str(exc)) from exc
     else:
