@@ -11,6 +11,7 @@ Only ``model`` is imported here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -33,7 +34,11 @@ def quantize(model_dir: Path, recipe: TrainRecipe) -> dict[str, Any]:
     """Writes the new model's int8 calibration; a failure leaves the model without one
     (it is then served by a float backend) rather than failing the job."""
     try:
-        calibration = calibrate_model_dir(model_dir, [Path(d) for d in recipe.data], recipe.classes)
+        # NNCF draws progress bars on standard output, which carries this worker's events
+        with contextlib.redirect_stdout(sys.stderr):
+            calibration = calibrate_model_dir(
+                model_dir, [Path(d) for d in recipe.data], recipe.classes
+            )
     except Exception as exc:  # an optional speed-up must not cost the user their model
         return {"event": "int8", "error": f"{type(exc).__name__}: {exc}"}
     calibration.save(model_dir)
