@@ -66,6 +66,7 @@ def test_the_images_install_step_packages_model_and_page(tmp_path: Path) -> None
         capture_output=True,
     )
     assert (target / "model" / "default" / "model.safetensors").is_file()
+    assert (target / "model" / "default" / "int8.json").is_file()  # the int8 calibration
     assert (target / "app" / "ui" / "index.html").is_file()
     code = (
         "from app.settings import SHIPPED_MODEL_DIR; from model.checkpoint import load_model;"
