@@ -254,20 +254,20 @@ def select_backend(
 ) -> tuple[Backend, Forward]:
     """The requested backend, or with ``auto`` the fastest candidate that builds and agrees
     with fp32 on a probe batch. An explicitly requested backend that fails raises."""
+
+    def checked(backend: Backend) -> Forward:
+        forward = build_forward(net, backend, calibration, weights_hash)
+        if backend != "torch-fp32":  # eager fp32 is the reference itself
+            cosine = agrees_with_fp32(net, forward)
+            if cosine < PROBE_MIN_COSINE:
+                raise BackendUnavailable(f"{backend} disagrees with fp32 (cosine {cosine:.4f})")
+        return forward
+
     if choice != "auto":
-        forward = build_forward(net, choice, calibration, weights_hash)
-        cosine = agrees_with_fp32(net, forward)
-        if cosine < PROBE_MIN_COSINE:
-            raise BackendUnavailable(f"{choice} disagrees with fp32 (cosine {cosine:.4f})")
-        return choice, forward
+        return choice, checked(choice)
     for backend in preferred_backends(calibration):
         try:
-            forward = build_forward(net, backend, calibration, weights_hash)
-            cosine = agrees_with_fp32(net, forward)
+            return backend, checked(backend)
         except Exception as exc:  # any failure of an optional fast path means: next one
             log.warning("backend %s unavailable, trying the next: %s", backend, exc)
-            continue
-        if cosine >= PROBE_MIN_COSINE:
-            return backend, forward
-        log.warning("backend %s disagrees with fp32 (cosine %.4f), skipping", backend, cosine)
     raise BackendUnavailable("no backend could run this network")  # torch-fp32 always runs

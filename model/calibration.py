@@ -44,14 +44,14 @@ def calibrate_model_dir(
     if not train_samples or not val_samples:
         raise ValueError("calibration needs both training and validation images")
     size = card.config.input_size
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(train_samples), min(images, len(train_samples)), replace=False)
-    calibration_set = load([train_samples[i] for i in sorted(chosen)], size, names)
-    ranges = calibrate(net, calibration_set.images)
-    draft = Int8Calibration(card.content_hash, ranges, len(calibration_set))
-
     queries = load(val_samples, size, names)
     gallery = load(train_samples, size, names)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(gallery), min(images, len(gallery)), replace=False)
+    calibration_images = gallery.images[np.sort(chosen)]  # a random part of the training split
+    ranges = calibrate(net, calibration_images)
+    draft = Int8Calibration(card.content_hash, ranges, len(calibration_images))
+
     fp32 = evaluate(Embedder(net, card), queries, gallery, seed=seed)
     int8 = evaluate(Embedder(net, card, "openvino-int8", draft), queries, gallery, seed=seed)
     quality: dict[str, Any] = {
@@ -65,4 +65,4 @@ def calibrate_model_dir(
         "int8": int8,
         "deltas": {name: int8[name] - fp32[name] for name in (*GUARDED_METRICS, "map_at_r")},
     }
-    return Int8Calibration(card.content_hash, ranges, len(calibration_set), quality)
+    return Int8Calibration(card.content_hash, ranges, len(calibration_images), quality)

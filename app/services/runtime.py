@@ -10,9 +10,10 @@ decoding runs on a small pool of its own. Concurrent requests share forward pass
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from app.store.index import IndexPolicy, VectorIndex
 from model.checkpoint import ModelCard
 from model.embedding import Embedder
 from model.preprocessing import ImageDecodeError, decode_with_format, prepare
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,13 @@ class Runtime:
         self._batcher.close()
         self._decode.shutdown(wait=True, cancel_futures=True)
 
+    def _map(self, function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
+        """``function`` over ``items`` on the decode pool; a single item runs right here,
+        since a hop to the pool would cost more than it could overlap."""
+        if len(items) == 1:
+            return [function(items[0])]
+        return list(self._decode.map(function, items))
+
     def decode(self, files: Sequence[tuple[str, bytes]]) -> list[DecodedUpload]:
         """Decodes every upload (in parallel) or raises the error of the first bad one.
 
@@ -97,15 +108,10 @@ class Runtime:
                 raise BadRequest(message) from exc
             return DecodedUpload(name, data, image, fmt)
 
-        if len(files) == 1:  # a hop to the pool would cost more than it could overlap
-            return [one(files[0])]
-        return list(self._decode.map(one, files))
+        return self._map(one, files)
 
     def embed_images(self, embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:
-        if len(images) == 1:
-            tensors = [prepare(images[0], embedder.config)]
-        else:
-            tensors = list(self._decode.map(lambda im: prepare(im, embedder.config), images))
+        tensors = self._map(lambda image: prepare(image, embedder.config), images)
         if not tensors:
             return np.zeros((0, embedder.dim), dtype=np.float32)
         return self.embed_tensors(embedder, torch.stack(tensors))
