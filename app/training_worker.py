@@ -11,7 +11,6 @@ Only ``model`` is imported here.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import sys
@@ -20,8 +19,18 @@ from typing import Any
 
 from model.calibration import calibrate_model_dir
 from model.checkpoint import load_model
+from model.data import content_fraction, load
 from model.embedding import Embedder
-from model.training import TrainingCancelled, TrainRecipe, evaluate, prepare_data, subset, train
+from model.recipe import TrainRecipe
+from model.training import (
+    Datasets,
+    TrainingCancelled,
+    evaluate,
+    prepare_data,
+    subset,
+    subset_of,
+    train,
+)
 
 EXIT_CANCELLED = 3
 
@@ -34,20 +43,51 @@ def quantize(model_dir: Path, recipe: TrainRecipe) -> dict[str, Any]:
     """Writes the new model's int8 calibration; a failure leaves the model without one
     (it is then served by a float backend) rather than failing the job."""
     try:
-        # NNCF draws progress bars on standard output, which carries this worker's events
-        with contextlib.redirect_stdout(sys.stderr):
-            calibration = calibrate_model_dir(
-                model_dir, [Path(d) for d in recipe.data], recipe.classes
-            )
+        calibration = calibrate_model_dir(model_dir, [Path(d) for d in recipe.data], recipe.classes)
     except Exception as exc:  # an optional speed-up must not cost the user their model
         return {"event": "int8", "error": f"{type(exc).__name__}: {exc}"}
     calibration.save(model_dir)
     return {"event": "int8", **calibration.summary()}
 
 
+def compare_with_active(
+    new_dir: Path, active_dir: Path, recipe: TrainRecipe, data: Datasets
+) -> dict[str, Any]:
+    """Both models' retrieval metrics on the same images, none of which either trained on.
+
+    The new model never trained on its own validation split. The active model's split is
+    decided by content with its own seed and share (``model.data.split``), so of the new
+    validation images only those that the active model's recipe holds out as well are used:
+    such an image was validation for the active model if it saw it at all.
+    """
+    new_net, _ = load_model(new_dir)
+    active_net, active_card = load_model(active_dir)
+    active_recipe = active_card.recipe or {}
+    active_seed = int(active_recipe.get("seed", 0))
+    active_fraction = float(active_recipe.get("val_fraction", 0.0))
+    fair = [
+        i
+        for i, path in enumerate(data.val.paths)
+        if content_fraction(path, active_seed) < active_fraction
+    ]
+    result: dict[str, Any] = {"event": "baseline", "version": active_card.version}
+    result["images"] = len(fair)
+    if not fair:
+        return result
+    queries = subset_of(data.val, fair)
+    gallery = subset(data.train, recipe.eval_gallery_limit, recipe.seed)
+    result["candidate"] = evaluate(Embedder(new_net), queries, gallery, clusters=False)
+    active_size = active_card.config.input_size
+    if active_size != recipe.input_size:
+        queries = load(queries.samples(), active_size, queries.classes)
+        gallery = load(gallery.samples(), active_size, gallery.classes)
+    result["metrics"] = evaluate(Embedder(active_net), queries, gallery, clusters=False)
+    return result
+
+
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
-    recipe = TrainRecipe(**spec["recipe"])
+    recipe = TrainRecipe.model_validate(spec["recipe"])
     stop = {"requested": False}
 
     def on_term(signum: int, frame: object) -> None:
@@ -65,14 +105,7 @@ def main(spec_path: str) -> int:
         )
         baseline = spec.get("baseline")
         if baseline and len(data.val):
-            net, base_card = load_model(Path(baseline))
-            base_data = data
-            if base_card.config.input_size != recipe.input_size:
-                resized = {**spec["recipe"], "input_size": base_card.config.input_size}
-                base_data = prepare_data(TrainRecipe(**resized))
-            gallery = subset(base_data.train, recipe.eval_gallery_limit, recipe.seed)
-            metrics = evaluate(Embedder(net), base_data.val, gallery, clusters=False)
-            emit({"event": "baseline", "version": base_card.version, "metrics": metrics})
+            emit(compare_with_active(Path(spec["out"]), Path(baseline), recipe, data))
         if len(data.val):
             emit(quantize(Path(spec["out"]), recipe))
         emit({"event": "finished", "version": card.version})

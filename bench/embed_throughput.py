@@ -171,7 +171,12 @@ def main() -> None:
     net, card = load_model(args.model)
     print(f"model {card.version}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     roots = [Path(p) for p in card.recipe.get("data", [])]
-    train, held_out, names = held_out_split(roots, card.recipe.get("classes"), 0.2, 0)
+    train, held_out, names = held_out_split(
+        roots,
+        card.recipe.get("classes"),
+        card.recipe.get("val_fraction", 0.1),
+        card.recipe.get("seed", 0),
+    )
     rng = np.random.default_rng(0)
     chosen = [train[i] for i in sorted(rng.choice(len(train), 256, replace=False))]
     shipped = Int8Calibration.load(args.model)

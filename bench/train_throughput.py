@@ -1,6 +1,6 @@
 """Training throughput (images/s) with and without bf16 autocast, interleaved in one run.
 
-.venv/bin/python -m bench.train_throughput [--batch 128] [--rounds 5]
+.venv/bin/python -m bench.train_throughput [--batch 128] [--rounds 5] [--augmentation crop]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from bench.common import interleaved, print_table
 from model.config import ModelConfig
 from model.losses import build_loss
 from model.network import EmbeddingNet
-from model.preprocessing import augment_batch, build_augmentation, normalize
+from model.preprocessing import build_augmentation, normalize
 
 
 def main() -> None:
@@ -22,12 +22,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stem", default="stride2")
     parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--augmentation", choices=["strong", "light", "crop"], default="strong")
     args = parser.parse_args()
     config = ModelConfig(stem=args.stem, input_size=args.input_size)
     images = torch.randint(0, 256, (args.batch, 3, config.input_size, config.input_size))
     images = images.to(torch.uint8)
     labels = torch.arange(args.batch) % 2
-    augmentation = build_augmentation(config.input_size)
+    augmentation = build_augmentation(config.input_size, args.augmentation)
     loss_fn = build_loss("triplet", 0.2, "all")
 
     def step_fn(bf16: bool):  # type: ignore[no-untyped-def]
@@ -37,7 +38,7 @@ def main() -> None:
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
 
         def step() -> int:
-            batch = normalize(augment_batch(images, augmentation), config)
+            batch = normalize(augmentation(images), config)
             if bf16:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -38,9 +38,11 @@ def calibrate_model_dir(
     net, card = load_model(model_dir)
     recipe = card.recipe or {}
     seed = int(recipe.get("seed", 0)) if seed is None else seed
-    val_fraction = float(recipe.get("val_fraction", 0.2)) if val_fraction is None else val_fraction
+    val_fraction = float(recipe.get("val_fraction", 0.1)) if val_fraction is None else val_fraction
     classes = classes or recipe.get("classes")
-    train_samples, val_samples, names = held_out_split(roots, classes, val_fraction, seed)
+    train_samples, val_samples, names = held_out_split(
+        roots, classes, val_fraction, seed, recipe.get("max_per_class")
+    )
     if not train_samples or not val_samples:
         raise ValueError("calibration needs both training and validation images")
     size = card.config.input_size

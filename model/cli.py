@@ -8,22 +8,29 @@ the ML core run without the web service.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, get_args
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from model.backends import BACKENDS, bf16_native
-from model.config import ModelType, Stem
+from model.checkpoint import write_card
 from model.data import discover, load, split
 from model.embedding import Embedder
-from model.mining import STRATEGIES
 from model.preprocessing import ImageDecodeError, load_image_file
-from model.report import evaluate_per_root, plot_projection, plot_training_curve
-from model.training import TrainRecipe, evaluate, train
+from model.recipe import TrainRecipe
+from model.report import (
+    evaluate_per_root,
+    near_duplicates_per_root,
+    plot_projection,
+    plot_training_curve,
+)
+from model.training import evaluate, train
 
 
 def _classes(value: str | None) -> list[str] | None:
@@ -47,41 +54,7 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 def add_subcommands(sub: Any) -> None:
     """Registers the ML core's subcommands on an ``argparse`` subparsers object."""
     t = sub.add_parser("train", help="train an embedding model on folders of labelled images")
-    t.add_argument(
-        "--data",
-        type=Path,
-        action="append",
-        required=True,
-        help="folder of class folders (repeatable; classes merge by name)",
-    )
-    t.add_argument("--classes", type=_classes, help="comma-separated class names to use")
-    t.add_argument("--max-per-class", type=int)
-    t.add_argument("--val-fraction", type=float, default=0.2)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--model-type", choices=get_args(ModelType), default="triplet")
-    t.add_argument("--mining", choices=STRATEGIES, default="all")
-    t.add_argument("--margin", type=float, help="default 0.2, or 1.0 for siamese")
-    t.add_argument("--embedding-dim", type=int, default=128)
-    t.add_argument("--stem", choices=get_args(Stem), default="stride2")
-    t.add_argument("--input-size", type=int, default=32)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--classes-per-batch", type=int, default=16)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--augmentation", choices=["strong", "light"], default="strong")
-    t.add_argument(
-        "--bf16",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="bf16 autocast (default: on where the CPU has native bf16)",
-    )
-    t.add_argument(
-        "--pretrained",
-        type=Path,
-        help="local torchvision resnet18 state dict (ImageNet); never downloaded",
-    )
-    t.add_argument("--init-from", type=Path, help="model directory to fine-tune")
+    add_recipe_options(t)
     t.add_argument("--out", type=Path, required=True, help="model directory to write")
     t.set_defaults(handler=run_train)
 
@@ -97,12 +70,28 @@ def add_subcommands(sub: Any) -> None:
     e.add_argument("--gallery", type=Path, action="append", help="folders of gallery images")
     e.add_argument("--classes", type=_classes)
     e.add_argument("--max-per-class", type=int)
-    e.add_argument("--val-fraction", type=float, default=0.2)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--val-fraction", type=float, help="default: the model's own training recipe's")
+    e.add_argument("--seed", type=int, help="default: the model's own training recipe's")
     e.add_argument(
         "--per-root",
         action="store_true",
         help="with --data: split all roots together, report each root's held-out images",
+    )
+    e.add_argument(
+        "--record",
+        action="store_true",
+        help="with --per-root/--near-duplicates: store the figures in the model's card",
+    )
+    e.add_argument(
+        "--flip-tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each image's embedding with its mirror's (default: the model's setting)",
+    )
+    e.add_argument(
+        "--near-duplicates",
+        action="store_true",
+        help="with --data: recall@1 of edited copies of the held-out images among them all",
     )
     _add_backend(e)
     e.set_defaults(handler=run_eval)
@@ -138,33 +127,67 @@ def add_subcommands(sub: Any) -> None:
     m.set_defaults(handler=run_embed)
 
 
+def _oversample(value: str) -> tuple[str, float]:
+    root, _, factor = value.rpartition("=")
+    try:
+        return root, float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--oversample takes FOLDER=FACTOR") from None
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`TrainRecipe` field, with its default, choices and help."""
+    special: dict[str, dict[str, Any]] = {
+        "data": {"type": Path, "action": "append", "required": True},
+        "classes": {"type": _classes},
+        "oversample": {"type": _oversample, "action": "append", "metavar": "FOLDER=FACTOR"},
+        "pretrained": {"type": Path},
+        "init_from": {"type": Path},
+        "bf16": {
+            "action": argparse.BooleanOptionalAction,
+            "default": None,
+            "help": "bf16 autocast and channels-last (default: on where the CPU has native bf16)",
+        },
+    }
+    for name, info in TrainRecipe.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        options: dict[str, Any] = {"help": info.description}
+        if name in special:
+            options.update(special[name])
+        else:
+            choices = get_args(info.annotation)
+            literal = [c for c in choices if isinstance(c, str)]
+            if literal and all(isinstance(c, str) for c in choices):
+                options["choices"] = literal
+            else:
+                number = [c for c in (choices or (info.annotation,)) if c in (int, float)]
+                options["type"] = number[0] if number else str
+            options["default"] = info.get_default(call_default_factory=True)
+        parser.add_argument(flag, **options)
+
+
+def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
+    values: dict[str, Any] = {}
+    for name in TrainRecipe.model_fields:
+        value = getattr(args, name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif name == "data":
+            value = [str(v) for v in value]
+        elif name == "oversample":
+            value = dict(value or [])
+        elif name == "bf16" and value is None:
+            value = bf16_native()
+        values[name] = value
+    return TrainRecipe(**values)
+
+
 def run_train(args: argparse.Namespace) -> int:
-    margin = (
-        args.margin if args.margin is not None else (1.0 if args.model_type == "siamese" else 0.2)
-    )
-    bf16 = bf16_native() if args.bf16 is None else args.bf16
-    recipe = TrainRecipe(
-        data=[str(d) for d in args.data],
-        classes=args.classes,
-        max_per_class=args.max_per_class,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        model_type=args.model_type,
-        mining=args.mining,
-        margin=margin,
-        embedding_dim=args.embedding_dim,
-        stem=args.stem,
-        input_size=args.input_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        classes_per_batch=args.classes_per_batch,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        augmentation=args.augmentation,
-        bf16=bf16,
-        pretrained=str(args.pretrained) if args.pretrained else None,
-        init_from=str(args.init_from) if args.init_from else None,
-    )
+    try:
+        recipe = recipe_from_args(args)
+    except ValidationError as exc:
+        print(f"invalid recipe: {exc}", file=sys.stderr)
+        return 2
 
     bar: tqdm | None = None
 
@@ -188,24 +211,37 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    embedder = Embedder.from_dir(args.model, args.backend)
-    print(f"backend: {embedder.backend}", file=sys.stderr)
+    embedder = Embedder.from_dir(args.model, args.backend, args.flip_tta)
+    print(f"backend: {embedder.backend}, flip TTA: {embedder.flip_tta}", file=sys.stderr)
     config = embedder.config
-    if args.data and args.per_root:
-        per_root = evaluate_per_root(
-            embedder, args.data, args.classes, args.val_fraction, args.seed
-        )
-        version = embedder.card.version if embedder.card else None
-        print(json.dumps({"model": version, "per_root": per_root}, indent=2))
+    recipe = embedder.card.recipe if embedder.card else {}
+    val_fraction = (
+        args.val_fraction if args.val_fraction is not None else recipe.get("val_fraction", 0.1)
+    )
+    seed = args.seed if args.seed is not None else recipe.get("seed", 0)
+    version = embedder.card.version if embedder.card else None
+    if args.data and (args.per_root or args.near_duplicates):
+        result: dict[str, Any] = {"model": version, "val_fraction": val_fraction, "seed": seed}
+        if args.per_root:
+            result["per_root"] = evaluate_per_root(
+                embedder, args.data, args.classes, val_fraction, seed, None, args.max_per_class
+            )
+        if args.near_duplicates:
+            result["near_duplicates"] = near_duplicates_per_root(
+                embedder, args.data, args.classes, val_fraction, seed, args.max_per_class
+            )
+        if args.record and embedder.card is not None:
+            record_in_card(args.model, embedder, result, args.data, args.classes)
+        print(json.dumps(result, indent=2))
         return 0
     if args.data:
-        samples = discover(args.data, args.classes, args.max_per_class, args.seed)
-        gallery_samples, query_samples = split(samples, args.val_fraction, args.seed)
+        samples = discover(args.data, args.classes, args.max_per_class, seed)
+        gallery_samples, query_samples = split(samples, val_fraction, seed)
     elif args.queries and args.gallery:
-        query_samples = discover(args.queries, args.classes, args.max_per_class, args.seed)
-        gallery_samples = discover(args.gallery, args.classes, args.max_per_class, args.seed)
+        query_samples = discover(args.queries, args.classes, args.max_per_class, seed)
+        gallery_samples = discover(args.gallery, args.classes, args.max_per_class, seed)
     elif args.queries:
-        query_samples = discover(args.queries, args.classes, args.max_per_class, args.seed)
+        query_samples = discover(args.queries, args.classes, args.max_per_class, seed)
         gallery_samples = []
     else:
         print("eval needs --data, or --queries (with or without --gallery)", file=sys.stderr)
@@ -213,15 +249,46 @@ def run_eval(args: argparse.Namespace) -> int:
     classes = sorted({s.label for s in [*query_samples, *gallery_samples]})
     queries = load(query_samples, config.input_size, classes)
     gallery = load(gallery_samples, config.input_size, classes) if gallery_samples else None
-    metrics = evaluate(embedder, queries, gallery, seed=args.seed)
+    metrics = evaluate(embedder, queries, gallery, seed=seed)
     result = {
-        "model": embedder.card.version if embedder.card else None,
+        "model": version,
         "gallery": len(gallery) if gallery is not None else 0,
         **metrics,
         "queries": len(queries),
     }
     print(json.dumps(result, indent=2))
     return 0
+
+
+def dataset_name(root: Path, classes: list[str] | None) -> str:
+    """``../shared/data/cifar10/train`` with cats and birds -> ``cifar10_cat_bird``."""
+    return "_".join([root.parent.name, *(classes or ["all"])])
+
+
+def record_in_card(
+    model_dir: Path,
+    embedder: Embedder,
+    result: dict[str, Any],
+    roots: list[Path],
+    classes: list[str] | None,
+) -> None:
+    """Stores evaluation figures in ``model.json`` under ``metrics.per_dataset`` and
+    ``metrics.near_duplicates``, each data set named by :func:`dataset_name`, and the flip
+    test-time augmentation setting they were measured with, which serving then uses."""
+    assert embedder.card is not None
+    card = embedder.card
+    card.config = dataclasses.replace(card.config, flip_tta=embedder.flip_tta)
+    names = {str(root): dataset_name(root, classes) for root in roots}
+    if "per_root" in result:
+        card.metrics["per_dataset"] = {
+            names[root]: metrics for root, metrics in result["per_root"].items()
+        }
+    if "near_duplicates" in result:
+        card.metrics["near_duplicates"] = {
+            edit: {names.get(group, group): value for group, value in groups.items()}
+            for edit, groups in result["near_duplicates"].items()
+        }
+    write_card(card, model_dir)
 
 
 def run_quantize(args: argparse.Namespace) -> int:
@@ -243,7 +310,18 @@ def run_report(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if embedder.card and embedder.card.history:
         plot_training_curve(embedder.card.history, args.out / "training_curve.png")
-    plot_projection(embedder, args.data, args.classes, args.out / "projection.png")
+        start = embedder.card.metrics.get("init", {})
+        if start.get("history"):
+            plot_training_curve(start["history"], args.out / "pretraining_curve.png")
+    recipe = embedder.card.recipe if embedder.card else {}
+    plot_projection(
+        embedder,
+        args.data,
+        args.classes,
+        args.out / "projection.png",
+        recipe.get("val_fraction", 0.1),
+        recipe.get("seed", 0),
+    )
     print(f"wrote figures to {args.out}")
     return 0
 

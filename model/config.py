@@ -30,6 +30,7 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     labels: tuple[str, ...] = field(default_factory=tuple)
+    flip_tta: bool = False  # embed each image and its mirror and average (twice the cost)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,18 +33,24 @@ class Sample:
 
 @dataclass
 class ImageSet:
-    """Decoded images ``(N, 3, S, S)`` uint8, integer targets and the class names they index."""
+    """Decoded images ``(N, 3, S, S)`` uint8, integer targets and the class names they index;
+    ``paths`` are the files they came from, where known."""
 
     images: torch.Tensor
     targets: torch.Tensor
     classes: list[str]
     skipped: int = 0
+    paths: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def label_names(self) -> list[str]:
         return [self.classes[int(t)] for t in self.targets]
+
+    def samples(self) -> list[Sample]:
+        """The files and labels these images were decoded from (needs ``paths``)."""
+        return [Sample(p, name) for p, name in zip(self.paths, self.label_names(), strict=True)]
 
 
 def discover(
@@ -85,34 +91,42 @@ def discover(
     return samples
 
 
+def content_fraction(path: Path, seed: int = 0) -> float:
+    """A number in [0, 1) fixed by the seed and the file's bytes: where the image falls in
+    the split, whatever its name, folder or companions."""
+    digest = hashlib.sha256(f"{seed}:".encode())
+    digest.update(path.read_bytes())
+    return int.from_bytes(digest.digest()[:8], "big") / 2**64
+
+
 def split(
     samples: Sequence[Sample], val_fraction: float, seed: int = 0
 ) -> tuple[list[Sample], list[Sample]]:
-    """A seeded split that keeps each class's share in both parts.
+    """Held-out membership by content: an image is validation when its
+    :func:`content_fraction` is below ``val_fraction``.
 
-    Each image's side is decided by a hash of the seed and its last path parts, so an image
-    stays on the same side when classes or folders are added: a model pre-trained on more
-    classes never trains on the validation images of a later fine-tuning run.
+    The decision depends on nothing but the image's bytes and the seed, so it is the same in
+    training, evaluation, calibration, the report and the service's jobs (which copy stored
+    images to new paths); adding classes or folders moves no image between the sides, a
+    model pre-trained on more classes never trains on a later fine-tuning run's validation
+    images, and a smaller ``val_fraction`` holds out a subset of a larger one's images.
+    Each class keeps about ``val_fraction`` of its images; a class of two or more keeps at
+    least one on each side.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError("val_fraction must be in [0, 1)")
-
-    def key(sample: Sample) -> str:
-        name = "/".join(sample.path.parts[-4:])
-        return hashlib.sha256(f"{seed}:{sample.label}:{name}".encode()).hexdigest()
-
-    by_class: dict[str, list[Sample]] = defaultdict(list)
+    by_class: dict[str, list[tuple[float, Sample]]] = defaultdict(list)
     for sample in samples:
-        by_class[sample.label].append(sample)
+        by_class[sample.label].append((content_fraction(sample.path, seed), sample))
     train: list[Sample] = []
     val: list[Sample] = []
     for label in sorted(by_class):
-        group = sorted(by_class[label], key=key)
-        n_val = round(len(group) * val_fraction)
+        group = sorted(by_class[label], key=lambda pair: pair[0])
+        n_val = sum(1 for fraction, _ in group if fraction < val_fraction)
         if val_fraction > 0 and len(group) > 1:
-            n_val = max(1, n_val)
-        val.extend(group[:n_val])
-        train.extend(group[n_val:])
+            n_val = min(max(1, n_val), len(group) - 1)
+        val.extend(sample for _, sample in group[:n_val])
+        train.extend(sample for _, sample in group[n_val:])
     return train, val
 
 
@@ -145,4 +159,4 @@ def load(
         )
     images = torch.stack([t for t, _ in kept])
     targets = torch.tensor([index[s.label] for _, s in kept], dtype=torch.long)
-    return ImageSet(images, targets, list(classes), skipped)
+    return ImageSet(images, targets, list(classes), skipped, [s.path for _, s in kept])

@@ -25,6 +25,8 @@ class Embedder:
 
     ``backend`` chooses how the forward pass runs (:mod:`model.backends`); the output is
     float32 and L2-normalised whichever runs it. ``net`` stays eager PyTorch either way.
+    ``flip_tta`` (default: the model configuration's) averages the embeddings of each image
+    and its mirror image.
     """
 
     def __init__(
@@ -34,8 +36,10 @@ class Embedder:
         backend: BackendChoice = "torch-fp32",
         calibration: Int8Calibration | None = None,
         batch_size: int = 64,
+        flip_tta: bool | None = None,
     ) -> None:
         self.net = net.eval()
+        self.flip_tta = net.config.flip_tta if flip_tta is None else flip_tta
         self.card = card
         self.config: ModelConfig = net.config
         self.batch_size = batch_size
@@ -44,7 +48,12 @@ class Embedder:
         self.backend, self._forward = select_backend(self.net, backend, calibration, weights_hash)
 
     @classmethod
-    def from_dir(cls, model_dir: Path, backend: BackendChoice = "torch-fp32") -> Embedder:
+    def from_dir(
+        cls,
+        model_dir: Path,
+        backend: BackendChoice = "torch-fp32",
+        flip_tta: bool | None = None,
+    ) -> Embedder:
         """Loads weights, card and (if present and made for these weights) the int8
         calibration, and builds ``backend``."""
         net, card = load_model(model_dir)
@@ -52,7 +61,7 @@ class Embedder:
         if calibration is not None and calibration.model_hash != card.content_hash:
             log.warning("ignoring %s: it was made for other weights", CALIBRATION_FILE)
             calibration = None
-        return cls(net, card, backend, calibration)
+        return cls(net, card, backend, calibration, flip_tta=flip_tta)
 
     @property
     def dim(self) -> int:
@@ -67,10 +76,18 @@ class Embedder:
             shape = "x".join(str(n) for n in images.shape[-2:])
             raise ValueError(f"images are {shape} px, the model takes {size}x{size} px")
         outputs = [
-            self._forward(images[start : start + self.batch_size])
+            self._embed_batch(images[start : start + self.batch_size])
             for start in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(outputs)
+
+    def _embed_batch(self, batch: torch.Tensor) -> np.ndarray:
+        vectors = self._forward(batch)
+        if not self.flip_tta:
+            return vectors
+        vectors = vectors + self._forward(batch.flip(-1))
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

@@ -108,3 +108,62 @@ def build_loss(model_type: ModelType, margin: float, mining: Strategy, seed: int
     if model_type not in losses:
         raise ValueError(f"unknown model type {model_type!r}")
     return losses[model_type](margin, mining, seed)
+
+
+class NormSoftmaxLoss(nn.Module):
+    """A cosine classification head over the L2-normalised embedding (normalised softmax,
+    Zhai and Wu, 2019): ``cross_entropy(scale * cos(e, w_c))`` with label smoothing.
+
+    It pre-trains the feature extractor far faster than tuple losses from a random start; the
+    class weights ``w_c`` are training state only, never part of the exported network.
+    """
+
+    def __init__(
+        self, classes: int, dim: int, scale: float = 16.0, label_smoothing: float = 0.1
+    ) -> None:
+        super().__init__()
+        if classes < 2:
+            raise ValueError("the cosine head needs at least two classes")
+        self.weight = nn.Parameter(torch.randn(classes, dim) / dim**0.5)
+        self.scale = scale
+        self.label_smoothing = label_smoothing
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        weight = nn.functional.normalize(self.weight, dim=1)
+        return self.scale * nn.functional.normalize(embeddings, dim=1) @ weight.T
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossResult:
+        logits = self.logits(embeddings)
+        loss = nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        wrong = int((logits.argmax(dim=1) != labels).sum())
+        return LossResult(loss, len(labels), wrong)
+
+
+class InstanceLoss(nn.Module):
+    """Instance discrimination over two views (NT-Xent, as in SimCLR): rows ``i`` and
+    ``i + n`` of a ``(2n, D)`` batch are two augmentations of one image; each view must pick
+    its twin out of the other ``2n - 2`` views at ``temperature``.
+
+    Beside a class loss it keeps what tells two images of one class apart, so an edited copy
+    of a stored image finds that image rather than any image of its class.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be positive")
+        self.temperature = temperature
+
+    def forward(self, embeddings: torch.Tensor) -> LossResult:
+        if len(embeddings) % 2:
+            raise ValueError("instance loss needs two views of every image")
+        n = len(embeddings) // 2
+        unit = nn.functional.normalize(embeddings, dim=1)
+        similarity = unit @ unit.T / self.temperature
+        similarity = similarity.masked_fill(
+            torch.eye(2 * n, dtype=torch.bool, device=unit.device), float("-inf")
+        )
+        twins = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(unit.device)
+        loss = nn.functional.cross_entropy(similarity, twins)
+        missed = int((similarity.argmax(dim=1) != twins).sum())
+        return LossResult(loss, 2 * n, missed)

@@ -22,8 +22,10 @@ validation split stay within :data:`QUALITY_TOLERANCE` of fp32.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,16 +154,19 @@ def _quantize(model: ov.Model, batches: list[np.ndarray]) -> ov.Model:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every ignored node
-    return nncf.quantize(
-        model,
-        nncf.Dataset(batches),
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(names=_kept_in_float(model)),
-        advanced_parameters=AdvancedQuantizationParameters(
-            disable_bias_correction=True, batchwise_statistics=True
-        ),
-    )
+    # NNCF draws progress bars on standard output, which carries the CLI's JSON and the
+    # training worker's events
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(
+            model,
+            nncf.Dataset(batches),
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(batches),
+            ignored_scope=nncf.IgnoredScope(names=_kept_in_float(model)),
+            advanced_parameters=AdvancedQuantizationParameters(
+                disable_bias_correction=True, batchwise_statistics=True
+            ),
+        )
 
 
 def _activation_quantizers(model: ov.Model) -> list[Any]:

@@ -9,36 +9,68 @@ import torch
 
 
 class PKSampler:
-    """Yields index batches of ``p`` classes times ``k`` images.
+    """Yields index batches of ``p`` classes times ``k`` images, covering the data once per
+    epoch.
 
-    With fewer than ``p`` classes every class is used. A class with fewer than ``k`` images is
-    sampled with replacement. One epoch is ``len(targets) // (p * k)`` batches (at least one).
+    Each class's images are drawn from a shuffled queue (reshuffled when it runs out), so an
+    epoch sees every image about once instead of sampling with replacement; a batch's classes
+    are drawn in proportion to their queue sizes. ``repeats`` (one integer per image) puts an
+    image that many times in its class's queue: oversampling of a small data set. With fewer
+    than ``p`` classes every class is used. One epoch is ``len(queue entries) // (p * k)``
+    batches (at least one). The order depends only on ``seed`` and the epoch set by
+    :meth:`set_epoch`, so a resumed run repeats an uninterrupted run's batches.
     """
 
-    def __init__(self, targets: torch.Tensor, p: int, k: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        targets: torch.Tensor,
+        p: int,
+        k: int,
+        seed: int = 0,
+        repeats: torch.Tensor | None = None,
+    ) -> None:
         if k < 2:
             raise ValueError("k must be at least 2 so that every anchor has a positive")
-        self.targets = targets
         self.classes = torch.unique(targets)
         if len(self.classes) < 2:
             raise ValueError("need at least two classes")
+        if repeats is None:
+            repeats = torch.ones(len(targets), dtype=torch.long)
+        if len(repeats) != len(targets) or bool((repeats < 1).any()):
+            raise ValueError("repeats needs one positive count per image")
         self.p = min(p, len(self.classes))
         self.k = k
-        self.members = [torch.nonzero(targets == c).flatten() for c in self.classes]
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        self.epoch = 0
+        self.members = [
+            torch.nonzero(targets == c).flatten().repeat_interleave(repeats[targets == c])
+            for c in self.classes
+        ]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return max(1, len(self.targets) // (self.p * self.k))
+        return max(1, sum(len(m) for m in self.members) // (self.p * self.k))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        queues = [m[torch.randperm(len(m), generator=generator)] for m in self.members]
+        cursors = [0] * len(queues)
+        sizes = torch.tensor([float(len(m)) for m in self.members])
         for _ in range(len(self)):
-            chosen = torch.randperm(len(self.classes), generator=self.generator)[: self.p]
+            chosen = torch.multinomial(sizes, self.p, replacement=False, generator=generator)
             parts = []
             for c in chosen.tolist():
-                members = self.members[c]
-                if len(members) >= self.k:
-                    pick = torch.randperm(len(members), generator=self.generator)[: self.k]
-                else:
-                    pick = torch.randint(len(members), (self.k,), generator=self.generator)
-                parts.append(members[pick])
+                taken: list[torch.Tensor] = []
+                need = self.k
+                while need > 0:
+                    if cursors[c] >= len(queues[c]):
+                        order = torch.randperm(len(self.members[c]), generator=generator)
+                        queues[c], cursors[c] = self.members[c][order], 0
+                    part = queues[c][cursors[c] : cursors[c] + need]
+                    cursors[c] += len(part)
+                    need -= len(part)
+                    taken.append(part)
+                parts.append(torch.cat(taken))
             yield torch.cat(parts)

@@ -1,9 +1,16 @@
 """Training an embedding network: ``train_one_epoch``, ``evaluate`` and ``train``.
 
-``train`` is resumable: after every epoch it writes the network, the optimiser state and the
-history to ``<out>/training_state/`` (safetensors and JSON, no pickle), and a later call with
-the same output folder continues from there. The finished model goes to ``<out>/`` as a model
-directory (see :mod:`model.checkpoint`).
+One step embeds a class-balanced batch with the one shared network (one or two augmented
+views of every image) and adds up the recipe's losses: the model type's tuple loss, the
+cosine classification head (pre-training) and the instance-discrimination term over the two
+views. Evaluation and export use an exponential moving average of the weights when the
+recipe asks for one, with BatchNorm statistics recomputed on clean training images.
+
+``train`` is resumable: after every epoch it writes the network, the head, the average, the
+optimiser state and the history to ``<out>/training_state/`` (safetensors and JSON, no
+pickle), and a later call with the same output folder and recipe continues from there with
+the batches an uninterrupted run would have drawn. The finished model goes to ``<out>/`` as a
+model directory (see :mod:`model.checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,28 +21,32 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from model.checkpoint import ModelCard, atomic_write_bytes, load_model, save_model
+from model.checkpoint import ModelCard, atomic_write_bytes, load_model, read_card, save_model
 from model.clustering import kmeans
-from model.config import ModelConfig, ModelType, Stem
+from model.config import ModelConfig
 from model.data import ImageSet, discover, load, split
 from model.embedding import Embedder
-from model.losses import TupleLoss, build_loss
+from model.losses import InstanceLoss, NormSoftmaxLoss, TupleLoss, build_loss
 from model.metrics import clustering_metrics, retrieval_metrics
-from model.mining import Strategy
 from model.network import EmbeddingNet, build_network
-from model.preprocessing import augment_batch, build_augmentation, normalize
+from model.preprocessing import BatchAugmentation, build_augmentation, normalize
+from model.recipe import TrainRecipe
 from model.sampling import PKSampler
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "training_state"
+BN_IMAGES = 4096
 Event = dict[str, Any]
 
 
@@ -44,54 +55,27 @@ class TrainingCancelled(Exception):
 
 
 @dataclass
-class TrainRecipe:
-    """Everything that determines a training run; stored in the model card."""
+class Objective:
+    """The losses one step adds up; ``None`` parts are off."""
 
-    data: list[str]
-    classes: list[str] | None = None
-    max_per_class: int | None = None
-    val_fraction: float = 0.2
-    seed: int = 0
-    model_type: ModelType = "triplet"
-    mining: Strategy = "all"
-    margin: float = 0.2
-    embedding_dim: int = 128
-    stem: Stem = "stride2"
-    input_size: int = 32
-    epochs: int = 10
-    batch_size: int = 128
-    classes_per_batch: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 0.5
-    augmentation: str = "strong"
-    bf16: bool = False
-    pretrained: str | None = None
-    init_from: str | None = None
-    eval_gallery_limit: int = 10000
+    tuples: TupleLoss | None
+    head: NormSoftmaxLoss | None
+    instance: InstanceLoss | None
+    instance_weight: float = 0.0
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError("epochs must be at least 1")
-        if self.batch_size < 4:
-            raise ValueError("batch_size must be at least 4")
-        if not 0 < self.lr < 1:
-            raise ValueError("lr must be in (0, 1)")
-        if self.margin <= 0:
-            raise ValueError("margin must be positive")
-        if self.augmentation not in ("strong", "light"):
-            raise ValueError("augmentation must be 'strong' or 'light'")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def views(self) -> int:
+        return 2 if self.instance is not None else 1
 
 
 @dataclass
 class EpochStats:
     loss: float
-    active_fraction: float
     images_per_second: float
     steps: int
+    active_fraction: float | None = None  # tuples with a non-zero tuple loss
+    head_accuracy: float | None = None  # cosine head on the augmented training views
+    instance_accuracy: float | None = None  # views that picked their twin
 
 
 @dataclass
@@ -101,30 +85,37 @@ class Datasets:
     skipped: int = field(default=0)
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warm-up, then cosine decay to 1 % of ``base_lr``."""
+def lr_at(
+    step: int, total_steps: int, warmup_steps: int, base_lr: float, shape: str = "cosine"
+) -> float:
+    """Linear warm-up, then cosine decay to 1 % of ``base_lr`` or linear decay to zero
+    (with a short warm-up, the one-cycle schedule of fast CIFAR training)."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if shape == "linear":
+        return base_lr * (1.0 - progress)
+    return base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train_one_epoch(
     net: EmbeddingNet,
-    loss_fn: TupleLoss,
+    objective: Objective,
     optimizer: torch.optim.Optimizer,
     images: ImageSet,
     sampler: PKSampler,
-    augmentation: Any,
+    augmentation: BatchAugmentation,
     *,
     bf16: bool,
     schedule: Callable[[int], float],
     first_step: int,
+    ema: AveragedModel | None = None,
     on_step: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
     net.train()
-    total_loss, total_active, total_tuples, seen = 0.0, 0, 0, 0
+    sums = {"loss": 0.0, "active": 0, "tuples": 0, "head_wrong": 0, "instance_wrong": 0}
+    seen, views_seen = 0, 0
     start = time.perf_counter()
     step = first_step
     for step_in_epoch, batch_idx in enumerate(sampler):
@@ -132,30 +123,56 @@ def train_one_epoch(
             raise TrainingCancelled()
         for group in optimizer.param_groups:
             group["lr"] = schedule(step)
-        batch = normalize(augment_batch(images.images[batch_idx], augmentation), net.config)
-        labels = images.targets[batch_idx]
+        originals = images.images[batch_idx]
+        views = torch.cat([augmentation(originals) for _ in range(objective.views)])
+        batch = normalize(views, net.config)
+        labels = images.targets[batch_idx].repeat(objective.views)
         if bf16:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            embeddings = net(batch)
-        result = loss_fn(embeddings.float(), labels)
+            embeddings = net(batch).float()
+        loss = embeddings.sum() * 0.0
+        if objective.tuples is not None:
+            result = objective.tuples(embeddings, labels)
+            loss = loss + result.loss
+            sums["active"] += result.active
+            sums["tuples"] += result.tuples
+        if objective.head is not None:
+            result = objective.head(embeddings, labels)
+            loss = loss + result.loss
+            sums["head_wrong"] += result.active
+        if objective.instance is not None:
+            result = objective.instance(embeddings)
+            loss = loss + objective.instance_weight * result.loss
+            sums["instance_wrong"] += result.active
         optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
+        loss.backward()
         optimizer.step()
-        total_loss += float(result.loss.detach())
-        total_active += result.active
-        total_tuples += result.tuples
+        if ema is not None:
+            ema.update_parameters(net)
+        sums["loss"] += float(loss.detach())
         seen += len(batch_idx)
+        views_seen += len(labels)
         step += 1
         if on_step is not None:
-            on_step(step_in_epoch + 1, float(result.loss.detach()))
+            on_step(step_in_epoch + 1, float(loss.detach()))
     elapsed = time.perf_counter() - start
     steps = step - first_step
     return EpochStats(
-        loss=total_loss / max(1, steps),
-        active_fraction=total_active / max(1, total_tuples),
+        loss=sums["loss"] / max(1, steps),
         images_per_second=seen / max(elapsed, 1e-9),
         steps=steps,
+        active_fraction=(
+            sums["active"] / max(1, sums["tuples"]) if objective.tuples is not None else None
+        ),
+        head_accuracy=(
+            1 - sums["head_wrong"] / max(1, views_seen) if objective.head is not None else None
+        ),
+        instance_accuracy=(
+            1 - sums["instance_wrong"] / max(1, views_seen)
+            if objective.instance is not None
+            else None
+        ),
     )
 
 
@@ -166,9 +183,11 @@ def evaluate(
     *,
     clusters: bool = True,
     seed: int = 0,
+    head: NormSoftmaxLoss | None = None,
 ) -> dict[str, float]:
     """Retrieval metrics of ``queries`` against ``gallery`` (leave-one-out without one) and,
-    with ``clusters``, k-means metrics on the queries with k = number of their labels."""
+    with ``clusters``, k-means metrics on the queries with k = number of their labels; with
+    ``head``, the cosine head's classification accuracy on the queries."""
     query_vectors = embedder.embed_tensors(queries.images)
     query_labels = queries.label_names()
     if gallery is not None:
@@ -184,6 +203,11 @@ def evaluate(
         metrics.update(
             clustering_metrics(query_labels, grouping.assignments.tolist(), query_vectors)
         )
+    if head is not None:
+        with torch.no_grad():
+            logits = head.logits(torch.from_numpy(query_vectors))
+        predicted = logits.argmax(dim=1).numpy()
+        metrics["head_accuracy"] = float(np.mean(predicted == queries.targets.numpy()))
     metrics["queries"] = float(len(queries))
     return metrics
 
@@ -201,10 +225,74 @@ def prepare_data(recipe: TrainRecipe, classes: list[str] | None = None) -> Datas
 
 
 def subset(images: ImageSet, limit: int, seed: int) -> ImageSet:
+    """A seeded random ``limit`` of the images (all of them when there are fewer)."""
     if len(images) <= limit:
         return images
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]
-    return ImageSet(images.images[pick], images.targets[pick], images.classes)
+    return subset_of(images, pick.tolist())
+
+
+def subset_of(images: ImageSet, indices: list[int]) -> ImageSet:
+    paths = [images.paths[i] for i in indices] if images.paths else []
+    pick = torch.tensor(indices, dtype=torch.long)
+    return ImageSet(images.images[pick], images.targets[pick], images.classes, 0, paths)
+
+
+def repeats_for(images: ImageSet, recipe: TrainRecipe) -> torch.Tensor:
+    """How often each training image enters its class's queue (``recipe.oversample``)."""
+    repeats = torch.ones(len(images), dtype=torch.long)
+    for root, factor in recipe.oversample.items():
+        resolved = Path(root).resolve()
+        for i, path in enumerate(images.paths):
+            if path.resolve().is_relative_to(resolved):
+                repeats[i] = max(1, round(factor))
+    return repeats
+
+
+def mix_sample(images: ImageSet, repeats: torch.Tensor, limit: int, seed: int) -> ImageSet:
+    """A seeded sample of at most ``limit`` distinct images drawn as training draws them
+    (oversampled images more often): the mix whose statistics BatchNorm should hold."""
+    count = min(limit, len(images))
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial(repeats.float(), count, replacement=False, generator=generator)
+    return subset_of(images, sorted(pick.tolist()))
+
+
+def recompute_batchnorm(net: nn.Module, images: ImageSet, config: ModelConfig) -> None:
+    """Replaces BatchNorm running statistics with exact averages over clean (un-augmented)
+    images, the inputs the network sees when serving."""
+    batches = [
+        normalize(images.images[start : start + 256], config)
+        for start in range(0, len(images), 256)
+    ]
+    torch.optim.swa_utils.update_bn(batches, net)
+    net.eval()
+
+
+def build_optimizer(params: list[nn.Parameter], recipe: TrainRecipe) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW; no weight decay on norms, biases and the head."""
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+def build_objective(recipe: TrainRecipe, classes: list[str]) -> Objective:
+    tuples = None
+    if recipe.loss in ("metric", "both"):
+        tuples = build_loss(recipe.model_type, recipe.tuple_margin, recipe.mining, recipe.seed)
+    head = None
+    if recipe.loss in ("normsoftmax", "both"):
+        head = NormSoftmaxLoss(
+            len(classes), recipe.embedding_dim, recipe.softmax_scale, recipe.label_smoothing
+        )
+    instance = InstanceLoss(recipe.instance_temperature) if recipe.instance_weight > 0 else None
+    return Objective(tuples, head, instance, recipe.instance_weight)
 
 
 def _build(recipe: TrainRecipe, classes: list[str]) -> EmbeddingNet:
@@ -226,9 +314,21 @@ def _build(recipe: TrainRecipe, classes: list[str]) -> EmbeddingNet:
     return build_network(config, Path(recipe.pretrained) if recipe.pretrained else None)
 
 
+def _modules(
+    net: EmbeddingNet, objective: Objective, ema: AveragedModel | None
+) -> dict[str, nn.Module]:
+    """The modules whose state a resumed run needs, by file name."""
+    modules: dict[str, nn.Module] = {"net": net}
+    if objective.head is not None:
+        modules["head"] = objective.head
+    if ema is not None:
+        modules["ema"] = ema
+    return modules
+
+
 def _save_state(
     state_dir: Path,
-    net: EmbeddingNet,
+    modules: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     epoch: int,
     step: int,
@@ -236,8 +336,10 @@ def _save_state(
     recipe: TrainRecipe,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, state_dir / "net.tmp")
-    (state_dir / "net.tmp").replace(state_dir / "net.safetensors")
+    for name, module in modules.items():
+        tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        save_file(tensors, state_dir / f"{name}.tmp")
+        (state_dir / f"{name}.tmp").replace(state_dir / f"{name}.safetensors")
     opt_state = optimizer.state_dict()
     tensors = {
         f"{idx}.{name}": value.contiguous()
@@ -257,7 +359,10 @@ def _save_state(
 
 
 def _load_state(
-    state_dir: Path, net: EmbeddingNet, optimizer: torch.optim.Optimizer, recipe: TrainRecipe
+    state_dir: Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    recipe: TrainRecipe,
 ) -> tuple[int, int, list[dict[str, Any]]] | None:
     meta_path = state_dir / "state.json"
     if not meta_path.is_file():
@@ -266,7 +371,8 @@ def _load_state(
     if meta["recipe"] != recipe.to_dict():
         log.warning("ignoring %s: it belongs to a different recipe", state_dir)
         return None
-    net.load_state_dict(load_file(str(state_dir / "net.safetensors")))
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(state_dir / f"{name}.safetensors")))
     tensors = load_file(str(state_dir / "optimizer.safetensors"))
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -274,6 +380,18 @@ def _load_state(
         state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return int(meta["epoch"]), int(meta["step"]), list(meta["history"])
+
+
+def _export_net(net: EmbeddingNet, ema: AveragedModel | None, bn_images: ImageSet) -> EmbeddingNet:
+    """The network to evaluate and save: the average when there is one, else a copy of the
+    live network; BatchNorm statistics recomputed on clean training images either way."""
+    source = ema.module if ema is not None else net
+    export = EmbeddingNet(net.config)
+    export.load_state_dict(
+        {k: v.detach().clone() for k, v in source.state_dict().items()}, strict=True
+    )
+    recompute_batchnorm(export, bn_images, net.config)
+    return export
 
 
 def train(
@@ -289,7 +407,6 @@ def train(
     ``on_event`` receives ``{"event": "data" | "step" | "epoch" | "done", ...}`` dictionaries
     (progress for the service's job view); ``should_stop`` is polled every step.
     """
-    recipe.validate()
     emit = on_event or (lambda event: None)
     torch.manual_seed(recipe.seed)
     data = datasets or prepare_data(recipe)
@@ -308,28 +425,43 @@ def train(
     net = _build(recipe, classes)
     if recipe.bf16:
         net = net.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(recipe.model_type, recipe.margin, recipe.mining, recipe.seed)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    objective = build_objective(recipe, classes)
+    params = list(net.parameters())
+    if objective.head is not None:
+        params += list(objective.head.parameters())
+    optimizer = build_optimizer(params, recipe)
+    ema = (
+        AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay))
+        if recipe.ema_decay is not None
+        else None
+    )
     k = max(2, recipe.batch_size // min(recipe.classes_per_batch, len(classes)))
-    sampler = PKSampler(data.train.targets, recipe.classes_per_batch, k, seed=recipe.seed)
+    repeats = repeats_for(data.train, recipe)
+    sampler = PKSampler(
+        data.train.targets,
+        recipe.classes_per_batch,
+        k,
+        seed=recipe.seed,
+        repeats=repeats,
+    )
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * recipe.epochs
     warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
 
     def schedule(step: int) -> float:
-        return lr_at(step, total_steps, warmup, recipe.lr)
+        return lr_at(step, total_steps, warmup, recipe.lr, recipe.schedule)
 
     augmentation = build_augmentation(recipe.input_size, recipe.augmentation)
     state_dir = out_dir / STATE_DIR
+    modules = _modules(net, objective, ema)
     first_epoch, step = 0, 0
     history: list[dict[str, Any]] = []
-    resumed = _load_state(state_dir, net, optimizer, recipe)
+    resumed = _load_state(state_dir, modules, optimizer, recipe)
     if resumed is not None:
         first_epoch, step, history = resumed
-        sampler.generator.manual_seed(recipe.seed + first_epoch)
         log.info("resuming at epoch %d", first_epoch + 1)
     gallery = subset(data.train, recipe.eval_gallery_limit, recipe.seed)
-    started = time.perf_counter()
+    bn_images = mix_sample(data.train, repeats, BN_IMAGES, recipe.seed + 1)
     for epoch in range(first_epoch, recipe.epochs):
 
         def on_step(step_in_epoch: int, loss: float, epoch: int = epoch) -> None:
@@ -343,9 +475,12 @@ def train(
                 }
             )
 
+        epoch_started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        torch.manual_seed(recipe.seed * 1_000_003 + epoch)  # augmentation draws
         stats = train_one_epoch(
             net,
-            loss_fn,
+            objective,
             optimizer,
             data.train,
             sampler,
@@ -353,6 +488,7 @@ def train(
             bf16=recipe.bf16,
             schedule=schedule,
             first_step=step,
+            ema=ema,
             on_step=on_step,
             should_stop=should_stop,
         )
@@ -360,27 +496,43 @@ def train(
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": stats.loss,
-            "active_fraction": stats.active_fraction,
             "images_per_second": stats.images_per_second,
             "lr": schedule(step - 1),
         }
+        for name in ("active_fraction", "head_accuracy", "instance_accuracy"):
+            value = getattr(stats, name)
+            if value is not None:
+                entry[f"train_{name}" if name != "active_fraction" else name] = value
         if len(data.val):
-            embedder = Embedder(net, backend="torch-bf16" if recipe.bf16 else "torch-fp32")
-            quick = evaluate(embedder, data.val, gallery, clusters=False)
+            export = _export_net(net, ema, bn_images)
+            embedder = Embedder(export, backend="torch-bf16" if recipe.bf16 else "torch-fp32")
+            quick = evaluate(embedder, data.val, gallery, clusters=False, head=objective.head)
             entry["val_precision_at_1"] = quick["precision_at_1"]
             entry["val_map_at_r"] = quick["map_at_r"]
+            if "head_accuracy" in quick:
+                entry["val_head_accuracy"] = quick["head_accuracy"]
+        entry["seconds"] = round(time.perf_counter() - epoch_started, 1)
         history.append(entry)
         log.info("epoch %d: %s", epoch + 1, entry)
         emit({"event": "epoch", **entry})
-        _save_state(state_dir, net, optimizer, epoch + 1, step, history, recipe)
-    elapsed = time.perf_counter() - started
-    net = net.to(memory_format=torch.contiguous_format).eval()
+        _save_state(state_dir, modules, optimizer, epoch + 1, step, history, recipe)
+    final_net = _export_net(net, ema, bn_images)
     metrics: dict[str, Any] = {"train_images": len(data.train), "skipped_images": data.skipped}
     if len(data.val):
-        final = evaluate(Embedder(net), data.val, gallery, seed=recipe.seed)
+        final = evaluate(
+            Embedder(final_net), data.val, gallery, seed=recipe.seed, head=objective.head
+        )
         metrics.update({f"val_{name}": value for name, value in final.items()})
-    metrics["train_seconds"] = round(elapsed, 1)
-    card = save_model(net, out_dir, recipe=recipe.to_dict(), metrics=metrics, history=history)
+    metrics["train_seconds"] = round(sum(h.get("seconds", 0.0) for h in history), 1)
+    if recipe.init_from:
+        start = read_card(Path(recipe.init_from))
+        metrics["init"] = {
+            "version": start.version,
+            "recipe": start.recipe,
+            "metrics": start.metrics,
+            "history": start.history,
+        }
+    card = save_model(final_net, out_dir, recipe=recipe.to_dict(), metrics=metrics, history=history)
     shutil.rmtree(state_dir, ignore_errors=True)
     emit({"event": "done", "version": card.version, "metrics": metrics})
     return card

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from bench.common import start_server
+from model.data import content_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EMBED_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
@@ -31,6 +32,18 @@ def photos() -> Path:
     if not PHOTOS.is_dir():
         pytest.fail(f"the shared data set is missing: {PHOTOS}")
     return PHOTOS
+
+
+def held_out(root: Path, label: str, count: int, val_fraction: float = 0.1) -> list[Path]:
+    """The first ``count`` images of ``root/label`` that the shipped model's training split
+    (content hash, seed 0) held out: images it never trained on."""
+    chosen = []
+    for path in sorted((root / label).iterdir()):
+        if content_fraction(path, 0) < val_fraction:
+            chosen.append(path)
+            if len(chosen) == count:
+                break
+    return chosen
 
 
 def image_bytes(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from model.recipe import TUNABLE_FIELDS, TrainRecipe
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 
@@ -27,6 +29,9 @@ class ModelInfo(BaseModel):
     labels: list[str]
     trained_at: str
     backend: str = Field(description="the inference backend running it (EMBED_BACKEND)")
+    flip_tta: bool = Field(
+        description="each image is embedded with its mirror image and the two averaged"
+    )
     int8: dict[str, Any] | None = Field(
         description="int8 calibration quality against fp32 on the held-out split, if calibrated"
     )
@@ -174,7 +179,19 @@ class Dataset(Strict):
     path: str | None = Field(default=None, max_length=4096)
 
 
-class TrainRequest(Strict):
+# ``POST /train`` takes the recipe fields a caller may choose, with the types, defaults,
+# limits and descriptions of ``model.recipe.TrainRecipe``.
+RecipeOptions: type[BaseModel] = create_model(
+    "RecipeOptions",
+    __config__=ConfigDict(extra="forbid"),
+    **{  # type: ignore[call-overload]
+        name: (TrainRecipe.model_fields[name].annotation, TrainRecipe.model_fields[name])
+        for name in TUNABLE_FIELDS
+    },
+)
+
+
+class TrainRequest(RecipeOptions):  # type: ignore[misc, valid-type]
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -184,6 +201,7 @@ class TrainRequest(Strict):
                     "dataset": {"source": "directory", "path": "/datasets/pets"},
                     "model_type": "triplet",
                     "mining": "semi_hard",
+                    "instance_weight": 0.5,
                     "epochs": 10,
                     "activate": "never",
                 },
@@ -192,19 +210,13 @@ class TrainRequest(Strict):
     )
 
     dataset: Dataset = Field(default_factory=Dataset)
-    model_type: Literal["siamese", "triplet", "quartet"] = "triplet"
-    mining: Literal["all", "batch_hard", "semi_hard", "random"] = "all"
-    epochs: int = Field(default=5, ge=1, le=500)
-    batch_size: int = Field(default=128, ge=8, le=1024)
-    lr: float = Field(default=5e-4, gt=0, lt=1)
-    margin: float = Field(default=0.2, gt=0, le=4)
-    embedding_dim: int | None = Field(default=None, ge=2, le=2048)
-    val_fraction: float = Field(default=0.2, ge=0.05, le=0.5)
+    embedding_dim: int | None = Field(
+        default=None, ge=2, le=2048, description="default: the active model's"
+    )
     activate: Literal["if_better", "always", "never"] = "if_better"
     init: Literal["active", "scratch"] = Field(
         default="active", description="fine-tune the active model, or train from scratch"
     )
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class Progress(BaseModel):

@@ -25,6 +25,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from app.services.catalog import LABEL_PATTERN
 from app.services.models import ModelService
@@ -32,6 +34,7 @@ from app.store.database import Database
 from app.store.images import ImageStore
 from model.backends import bf16_native
 from model.data import IMAGE_SUFFIXES
+from model.recipe import TUNABLE_FIELDS, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,15 @@ def check_class_sizes(root: Path) -> Path:
             f"found {dict(sorted(sizes.items()))}"
         )
     return root
+
+
+def beats_active(comparison: dict[str, Any]) -> bool:
+    """``if_better``: the new model's held-out precision@1 beats the active model's on the
+    same images, none of which either trained on. No such images, or a model that was not
+    evaluated, is never better."""
+    new = comparison.get("candidate", {}).get("precision_at_1")
+    old = comparison.get("metrics", {}).get("precision_at_1")
+    return comparison.get("images", 0) > 0 and new is not None and old is not None and new > old
 
 
 class TrainingJobs:
@@ -263,22 +275,18 @@ class TrainingJobs:
             raise BadRequest(
                 "embedding_dim differs from the active model's: use init='scratch' to change it"
             )
-        recipe = {
-            "data": [str(dataset_dir)],
-            "val_fraction": options["val_fraction"],
-            "seed": options["seed"],
-            "model_type": options["model_type"],
-            "mining": options["mining"],
-            "margin": options["margin"],
-            "embedding_dim": embedding_dim,
-            "stem": config.stem,
-            "input_size": config.input_size,
-            "epochs": options["epochs"],
-            "batch_size": options["batch_size"],
-            "lr": options["lr"],
-            "bf16": bf16_native(),
-            "init_from": None if from_scratch else active_record["path"],
-        }
+        try:
+            recipe = TrainRecipe(
+                data=[str(dataset_dir)],
+                embedding_dim=embedding_dim,
+                stem=config.stem,
+                input_size=config.input_size,
+                bf16=bf16_native(),
+                init_from=None if from_scratch else active_record["path"],
+                **{name: options[name] for name in TUNABLE_FIELDS if name in options},
+            ).to_dict()
+        except ValidationError as exc:
+            raise BadRequest(f"invalid training recipe: {exc}") from exc
         return {"recipe": recipe, "out": str(job_dir / "model"), "baseline": active_record["path"]}
 
     def _watch(
@@ -311,7 +319,7 @@ class TrainingJobs:
             elif kind == "done":
                 metrics = dict(event["metrics"])
             elif kind == "baseline":
-                baseline = {"version": event["version"], **event["metrics"]}
+                baseline = {k: v for k, v in event.items() if k != "event"}
             elif kind == "int8":
                 int8 = {k: v for k, v in event.items() if k != "event"}
         code = process.wait()
@@ -346,10 +354,8 @@ class TrainingJobs:
         metrics = {**metrics, "baseline": baseline}
         self.db.update_job(job_id, metrics=metrics, model_version=card.version)
         policy = options["activate"]
-        new_p1 = metrics.get("val_precision_at_1", 0.0)
-        old_p1 = baseline.get("precision_at_1", -1.0)
         activated = False
-        if policy == "always" or (policy == "if_better" and new_p1 > old_p1):
+        if policy == "always" or (policy == "if_better" and beats_active(baseline)):
             self.models.activate(card.version)
             activated = True
         self.db.update_job(job_id, status="succeeded", activated=int(activated))

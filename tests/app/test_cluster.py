@@ -14,7 +14,7 @@ def test_cluster_with_k_and_auto(client: TestClient) -> None:
         assert sum(cluster["label_counts"].values()) == cluster["size"]
         assert cluster["majority_label"] in ("cat", "bird")
     metrics = body["metrics"]
-    assert 0.5 <= metrics["purity"] <= 1.0 and 0 <= metrics["nmi"] <= 1
+    assert metrics["purity"] >= 0.9 and metrics["nmi"] >= 0.5  # the model tells them apart
     assert -1 <= metrics["silhouette"] <= 1 and metrics["ari"] is not None
     auto = client.post("/cluster", json={"k": "auto"}).json()
     assert 2 <= auto["k"] <= 10

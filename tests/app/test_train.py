@@ -123,7 +123,7 @@ def test_archive_source(client: TestClient) -> None:
     assert response.status_code == 202, response.text
     job = wait_for(client, response.json()["job_id"])
     assert job["status"] == "succeeded" and job["activated"] is False
-    assert job["metrics"]["train_images"] == 16
+    assert job["metrics"]["train_images"] + job["metrics"]["val_queries"] == 20
 
 
 @pytest.mark.parametrize(

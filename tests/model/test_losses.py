@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from model.config import ModelConfig
-from model.losses import ContrastiveLoss, QuartetLoss, TripletMarginLoss, build_loss
+from model.losses import (
+    ContrastiveLoss,
+    InstanceLoss,
+    NormSoftmaxLoss,
+    QuartetLoss,
+    TripletMarginLoss,
+    build_loss,
+)
 from model.network import EmbeddingNet
 from tests.model.test_mining import points
 
@@ -84,3 +91,48 @@ def test_shared_weights_give_each_tuple_member_the_batch_embedding() -> None:
         batch = net(images)
         separately = torch.cat([net(images[i : i + 1]) for i in range(3)])
     assert torch.allclose(batch, separately, atol=1e-5)
+
+
+def test_normsoftmax_hand_computed() -> None:
+    head = NormSoftmaxLoss(classes=2, dim=2, scale=4.0, label_smoothing=0.0)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 0.5]]))  # norms do not matter
+    emb = points(0, 60)  # cosines to the class directions: (1, 0) and (0.5, 0.866)
+    result = head(emb, torch.tensor([0, 0]))
+    # row 0: logits (4, 0); row 1: logits (2, 2 * sqrt 3)
+    first = -math.log(math.exp(4) / (math.exp(4) + 1))
+    second = -math.log(math.exp(2) / (math.exp(2) + math.exp(2 * math.sqrt(3))))
+    assert result.loss.item() == pytest.approx((first + second) / 2, abs=1e-5)
+    assert result.active == 1  # the second row is classified as class 1
+
+
+def test_normsoftmax_label_smoothing_hand_computed() -> None:
+    head = NormSoftmaxLoss(classes=2, dim=2, scale=4.0, label_smoothing=0.2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    result = head(points(0), torch.tensor([0]))
+    log_p = [4 - math.log(math.exp(4) + math.exp(-4)), -4 - math.log(math.exp(4) + math.exp(-4))]
+    expected = -(0.9 * log_p[0] + 0.1 * log_p[1])  # targets 1 - 0.2 + 0.1 and 0.1
+    assert result.loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_instance_loss_hand_computed() -> None:
+    # views: image A at 0 and 10 deg, image B at 90 and 100 deg
+    emb = points(0, 90, 10, 100)
+    result = InstanceLoss(temperature=1.0)(emb)
+
+    def nll(twin: float, *others: float) -> float:
+        terms = [math.exp(math.cos(math.radians(a))) for a in (twin, *others)]
+        return -math.log(terms[0] / sum(terms))
+
+    # angle to the twin, then to the two other views: views at 0 and 100 deg see
+    # (10; 90, 100), views at 90 and 10 deg see (10; 90, 80)
+    expected = (2 * nll(10, 90, 100) + 2 * nll(10, 90, 80)) / 4
+    assert result.loss.item() == pytest.approx(expected, abs=1e-5)
+    assert result.active == 0  # every view picks its twin
+    assert InstanceLoss(0.1)(points(0, 90, 10, 100)).loss < result.loss
+
+
+def test_instance_loss_needs_pairs_of_views() -> None:
+    with pytest.raises(ValueError):
+        InstanceLoss()(points(0, 90, 10))

@@ -9,11 +9,11 @@ from PIL import Image
 from model.config import ModelConfig
 from model.preprocessing import (
     ImageDecodeError,
-    augment_batch,
     build_augmentation,
     decode_image,
     decode_with_format,
     normalize,
+    pad_crop_flip,
     prepare,
     to_square_tensor,
 )
@@ -95,12 +95,44 @@ def test_square_tensor_and_normalisation() -> None:
     assert batch[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-4)
 
 
-def test_augmentation_keeps_shape_and_type() -> None:
+@pytest.mark.parametrize("strength", ["strong", "light", "crop"])
+def test_augmentation_keeps_shape_and_type(strength: str) -> None:
     batch = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
-    out = augment_batch(batch, build_augmentation(32))
+    out = build_augmentation(32, strength)(batch)
     assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert not torch.equal(out, batch)
+
+
+def test_pad_crop_flip_takes_shifted_or_mirrored_crops() -> None:
+    batch = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
+    unpadded = pad_crop_flip(batch, padding=0)
+    for image, out in zip(batch, unpadded, strict=True):
+        assert torch.equal(out, image) or torch.equal(out, image.flip(-1))
+    flipped = sum(not torch.equal(o, i) for o, i in zip(unpadded, batch, strict=True))
+    assert 10 < flipped < 54
+    shifted = pad_crop_flip(batch, padding=2)
+    padded = torch.nn.functional.pad(batch.float(), (2, 2, 2, 2), mode="reflect")
+    for image, out in zip(padded, shifted, strict=True):
+        windows = [
+            image[:, top : top + 8, left : left + 8] for top in range(5) for left in range(5)
+        ]
+        assert any(
+            torch.equal(out.float(), w) or torch.equal(out.float(), w.flip(-1)) for w in windows
+        )
 
 
 def test_real_photo_decodes(photos: Path) -> None:
     path = next(iter(sorted((photos / "cat").iterdir())))
     assert decode_image(path.read_bytes()).mode == "RGB"
+
+
+def test_downscaling_is_antialiased() -> None:
+    """One-pixel stripes shrunk to 32 px average to grey instead of aliasing into bands
+    (what a photograph's fine texture would otherwise become at the model's input size)."""
+    stripes = np.zeros((480, 480, 3), dtype=np.uint8)
+    stripes[:, ::2] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(stripes).save(buffer, format="PNG")
+    small = to_square_tensor(decode_image(buffer.getvalue(), target_size=32), 32).float()
+    assert small.mean().item() == pytest.approx(127.5, abs=3)
+    assert small.std().item() < 3

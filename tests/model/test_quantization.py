@@ -23,20 +23,21 @@ def test_shipped_int8_model_keeps_fp32_quality_on_the_validation_split(
     cifar: Path, photos: Path
 ) -> None:
     """Precision@1 and k-means purity on the default model's whole held-out split (both data
-    sets, 2,162 images against the 8,646 training images) stay within 0.005 of fp32."""
+    sets, about a tenth of the images against the rest) stay within 0.005 of fp32."""
     card = read_card(DEFAULT_MODEL)
     calibration = Int8Calibration.load(DEFAULT_MODEL)
     assert calibration is not None and calibration.model_hash == card.content_hash
     assert calibration.passes
 
-    train, val, names = held_out_split([cifar, photos], ["cat", "bird"], 0.2, 0)
+    train, val, names = held_out_split([cifar, photos], ["cat", "bird"], 0.1, 0)
     queries, gallery = load(val, 32, names), load(train, 32, names)
-    assert len(queries) == 2162
+    assert len(queries) == calibration.quality["queries"] == card.metrics["val_queries"]
     fp32 = evaluate(Embedder.from_dir(DEFAULT_MODEL, "torch-fp32"), queries, gallery)
     int8 = evaluate(Embedder.from_dir(DEFAULT_MODEL, "openvino-int8"), queries, gallery)
     for name in ("precision_at_1", "purity"):
         assert abs(int8[name] - fp32[name]) <= QUALITY_TOLERANCE, (name, fp32[name], int8[name])
-    assert fp32["precision_at_1"] == pytest.approx(card.metrics["val_precision_at_1"], abs=1e-6)
+    recorded = calibration.quality["fp32"]["precision_at_1"]
+    assert fp32["precision_at_1"] == pytest.approx(recorded, abs=1e-6)
 
 
 def test_calibration_measures_and_round_trips(photos: Path, tmp_path: Path) -> None:
@@ -44,8 +45,8 @@ def test_calibration_measures_and_round_trips(photos: Path, tmp_path: Path) -> N
     shutil.copytree(DEFAULT_MODEL, model_dir)
     (model_dir / CALIBRATION_FILE).unlink()
     calibration = calibrate_model_dir(model_dir, [photos], images=64)
-    _, val, _ = held_out_split([photos], ["bird", "cat"], 0.2, 0)
-    assert calibration.images == 64 and calibration.quality["queries"] == len(val) > 100
+    _, val, _ = held_out_split([photos], ["bird", "cat"], 0.1, 0)
+    assert calibration.images == 64 and calibration.quality["queries"] == len(val) > 50
     assert set(calibration.quality["deltas"]) == {"precision_at_1", "purity", "map_at_r"}
     calibration.save(model_dir)
     again = Int8Calibration.load(model_dir)

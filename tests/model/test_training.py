@@ -10,9 +10,11 @@ import torch
 
 from model.checkpoint import load_model
 from model.config import ModelConfig
+from model.data import discover, split
 from model.embedding import Embedder
 from model.network import EmbeddingNet
-from model.training import TrainRecipe, evaluate, lr_at, prepare_data, train
+from model.recipe import TrainRecipe
+from model.training import TrainingCancelled, evaluate, lr_at, prepare_data, train
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +23,8 @@ def test_learning_rate_schedule() -> None:
     assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
     assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
     assert lr_at(99, 100, 10, 1.0) < 0.02
+    assert lr_at(55, 100, 10, 1.0, "linear") == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0, "linear") == 0.0
 
 
 def test_trained_model_beats_untrained_on_held_out_images(cifar: Path, tmp_path: Path) -> None:
@@ -36,15 +40,15 @@ def test_trained_model_beats_untrained_on_held_out_images(cifar: Path, tmp_path:
         seed=0,
     )
     data = prepare_data(recipe)
-    assert len(data.train) == 960 and len(data.val) == 240
+    assert len(data.train) + len(data.val) == 1200 and 200 <= len(data.val) <= 280
     torch.manual_seed(0)
     untrained = evaluate(Embedder(EmbeddingNet(ModelConfig())), data.val, data.train)
     events: list[dict] = []
     card = train(recipe, tmp_path / "model", datasets=data, on_event=events.append)
     trained = card.metrics
     print("untrained", untrained, "trained", trained)
-    # measured here: P@1 0.65 -> 0.72, MAP@R 0.28 -> 0.53, k-means purity 0.55 -> 0.75
-    assert trained["val_precision_at_1"] > untrained["precision_at_1"]
+    # measured here: P@1 0.60 -> 0.71, MAP@R 0.27 -> 0.56, k-means purity 0.52 -> 0.77
+    assert trained["val_precision_at_1"] >= untrained["precision_at_1"] + 0.07
     assert trained["val_map_at_r"] >= untrained["map_at_r"] + 0.15
     assert trained["val_purity"] >= untrained["purity"] + 0.10
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == list(range(1, 7))
@@ -53,26 +57,43 @@ def test_trained_model_beats_untrained_on_held_out_images(cifar: Path, tmp_path:
     assert loaded.version == card.version and loaded.config.labels == ("bird", "cat")
 
 
-def test_training_resumes_from_its_last_epoch(cifar: Path, tmp_path: Path) -> None:
+def test_resumed_training_matches_an_uninterrupted_run(cifar: Path, tmp_path: Path) -> None:
+    """Every part of the state (network, cosine head, weight average, optimiser, sampler and
+    augmentation draws) comes back, so stopping and resuming changes nothing."""
     recipe = TrainRecipe(
-        data=[str(cifar)], classes=["bird", "cat"], max_per_class=40, epochs=2, batch_size=32
+        data=[str(cifar)],
+        classes=["bird", "cat"],
+        max_per_class=40,
+        epochs=2,
+        batch_size=32,
+        loss="both",
+        instance_weight=0.5,
+        ema_decay=0.9,
+        optimizer="sgd",
+        lr=0.05,
+        schedule="linear",
     )
-    calls = {"n": 0}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one summation order, so equal runs give equal bits
+    try:
+        straight = train(recipe, tmp_path / "straight")
+        calls = {"n": 0}
 
-    def stop_in_second_epoch() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 3  # one epoch is 2 steps: stop during the second
+        def stop_in_second_epoch() -> bool:
+            calls["n"] += 1
+            return calls["n"] > 3  # one epoch is 2 steps: stop during the second
 
-    from model.training import TrainingCancelled
-
-    with pytest.raises(TrainingCancelled):
-        train(recipe, tmp_path, should_stop=stop_in_second_epoch)
-    state = json.loads((tmp_path / "training_state" / "state.json").read_text())
-    assert state["epoch"] == 1
-    events: list[dict] = []
-    card = train(recipe, tmp_path, on_event=events.append)
+        with pytest.raises(TrainingCancelled):
+            train(recipe, tmp_path / "resumed", should_stop=stop_in_second_epoch)
+        state = json.loads((tmp_path / "resumed" / "training_state" / "state.json").read_text())
+        assert state["epoch"] == 1
+        events: list[dict] = []
+        resumed = train(recipe, tmp_path / "resumed", on_event=events.append)
+    finally:
+        torch.set_num_threads(threads)
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
-    assert [h["epoch"] for h in card.history] == [1, 2]
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.content_hash == straight.content_hash
 
 
 def triplet_embed(*args: str) -> str:
@@ -87,14 +108,31 @@ def triplet_embed(*args: str) -> str:
     return result.stdout
 
 
-def test_cli_train_eval_embed(cifar: Path, tmp_path: Path) -> None:
+def test_cli_train_eval_embed(cifar: Path, photos: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "cli-model")
     data = ["--data", str(cifar), "--classes", "cat,bird", "--max-per-class", "64"]
-    triplet_embed("train", *data, "--epochs", "1", "--out", out)
+    triplet_embed("train", *data, "--epochs", "1", "--instance-weight", "0.5", "--out", out)
     metrics = json.loads(triplet_embed("eval", "--model", out, *data))
-    for key in ("precision_at_1", "map_at_r", "purity", "nmi", "ari"):
-        assert 0.0 <= metrics[key] <= 1.0 or key == "ari"
-    assert metrics["queries"] == 26 and metrics["gallery"] == 102
+    gallery, queries = split(discover([cifar], ["cat", "bird"], 64), 0.1)
+    assert metrics["queries"] == len(queries) and metrics["gallery"] == len(gallery)
+    assert set(metrics) >= {"precision_at_1", "map_at_r", "purity", "nmi", "ari"}
+    both = ["--data", str(cifar), "--data", str(photos), "--classes", "cat,bird"]
+    report = json.loads(
+        triplet_embed(
+            "eval",
+            "--model",
+            out,
+            *both,
+            "--max-per-class",
+            "100",
+            "--per-root",
+            "--near-duplicates",
+        )
+    )
+    assert report["val_fraction"] == 0.1 and set(report["per_root"]) == {str(cifar), str(photos)}
+    edits = report["near_duplicates"]
+    assert set(edits) == {"crop_85", "jpeg_40", "brightness_120"}
+    assert set(edits["jpeg_40"]) == {"all", str(cifar), str(photos)}
     image = sorted((cifar / "cat").iterdir())[0]
     vector = json.loads(triplet_embed("embed", "--model", out, str(image)))["vector"]
     assert len(vector) == 128
