@@ -32,6 +32,7 @@ from app.services.catalog import LABEL_PATTERN
 from app.services.models import ModelService
 from app.store.database import Database
 from app.store.images import ImageStore
+from app.training_worker import EXIT_CANCELLED
 from model.backends import bf16_native
 from model.data import IMAGE_SUFFIXES
 from model.recipe import TUNABLE_FIELDS, TrainRecipe
@@ -343,14 +344,16 @@ class TrainingJobs:
         metrics: dict[str, Any],
         baseline: dict[str, Any],
     ) -> None:
-        if self._cancel_requested or code == 3:
+        if code == EXIT_CANCELLED or (code != 0 and self._cancel_requested):
             self.db.update_job(job_id, status="cancelled")
             return
         if code != 0:
             log_tail = (job_dir / "worker.log").read_text(errors="replace")[-2000:]
             self.db.update_job(job_id, status="failed", error=f"worker exited {code}: {log_tail}")
             return
+        # a cancel that came after the worker finished is too late: the model is kept
         card = self.models.register(job_dir / "model", f"job:{job_id}")
+        shutil.rmtree(job_dir / "model", ignore_errors=True)  # register keeps its own copy
         metrics = {**metrics, "baseline": baseline}
         self.db.update_job(job_id, metrics=metrics, model_version=card.version)
         policy = options["activate"]

@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import stat
 import time
 import zipfile
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.app.conftest import add, make_settings
-from tests.conftest import CIFAR
+from tests.conftest import CIFAR, DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +69,8 @@ def test_train_on_items_then_activate(client: TestClient) -> None:
     int8 = job["metrics"]["int8"]  # the new model was calibrated and measured for int8
     assert int8["calibration_images"] > 0 and set(int8["deltas"]) >= {"precision_at_1", "purity"}
     assert job["activated"] is True
+    jobs_dir = client.app.state.services.jobs.jobs_dir  # type: ignore[attr-defined]
+    assert not (jobs_dir / job_id / "model").exists()  # stored once, as a model version
     active = client.get("/model").json()
     assert active["version"] == job["model_version"] != before
     assert active["int8"] == int8
@@ -108,6 +111,22 @@ def test_directory_source_is_confined_to_the_roots(tmp_path: Path) -> None:
         response = client.post("/train", json=body)
         assert response.status_code == 202
         assert wait_for(client, response.json()["job_id"])["status"] == "succeeded"
+
+
+def test_a_cancel_after_the_worker_finished_keeps_the_model(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """The cancel raced the worker's successful exit: the finished model is kept."""
+    jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
+    job_dir = jobs.jobs_dir / "late-cancel"
+    shutil.copytree(DEFAULT_MODEL, job_dir / "model")
+    options = {"epochs": 1, "activate": "never", "dataset": {"source": "items"}}
+    jobs.db.add_job("late-cancel", options)
+    jobs._cancel_requested = True
+    jobs._finish("late-cancel", 0, job_dir, options, {"val_precision_at_1": 0.9}, {})
+    job = client.get("/train/late-cancel").json()
+    assert job["status"] == "succeeded" and job["model_version"] is not None
+    assert not (job_dir / "model").exists()
 
 
 def test_archive_source(client: TestClient) -> None:
