@@ -52,12 +52,11 @@ def brightness(image: Image.Image, factor: float = 1.2) -> bytes:
 EDITS: dict[str, Edit] = {"crop_85": central_crop, "jpeg_40": jpeg, "brightness_120": brightness}
 
 
-def edited_tensors(paths: Sequence[Path], size: int, edit: Edit) -> torch.Tensor:
-    """Edited copies of ``paths`` as the model's ``uint8`` input."""
-    copies = []
-    for path in paths:
-        data = edit(load_image_file(path))
-        copies.append(to_square_tensor(decode_image(data, target_size=size), size))
+def edited_tensors(images: Sequence[Image.Image], size: int, edit: Edit) -> torch.Tensor:
+    """Edited copies of full-size ``images`` as the model's ``uint8`` input."""
+    copies = [
+        to_square_tensor(decode_image(edit(image), target_size=size), size) for image in images
+    ]
     return torch.stack(copies)
 
 
@@ -77,9 +76,10 @@ def near_duplicate_recall(
     )
     gallery = embedder.embed_tensors(originals)
     same_content = _identical(paths)
+    full_size = [load_image_file(p) for p in paths]  # decoded once, edited once per edit
     results: dict[str, dict[str, float]] = {}
     for name, edit in (edits or EDITS).items():
-        queries = embedder.embed_tensors(edited_tensors(paths, size, edit))
+        queries = embedder.embed_tensors(edited_tensors(full_size, size, edit))
         nearest = np.argmax(queries @ gallery.T, axis=1)
         found = np.array([nearest[i] in same_content[i] for i in range(len(paths))])
         results[name] = {"all": float(found.mean())}
