@@ -11,21 +11,11 @@ from model.cli import add_subcommands, configure_logging
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.observability import configure_json_logging
+    from app.server import serve
 
     configure_json_logging(args.log_level)
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        log_config=None,  # keep the JSON handlers configured above
-        access_log=False,  # RequestContext logs each request, with its id
-        timeout_graceful_shutdown=10,
-    )
+    serve(args.host, args.port, args.log_level)
     return 0
 
 

@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import add_body_schemas
-from app.api.deps import require_api_key
-from app.api.middleware import BodySizeLimit, RequestContext
+from app.api.bodies import add_api_key_security, add_body_schemas
+from app.api.middleware import ApiKeyAuth, RequestContext, UploadGuard
 from app.api.routes import cluster, embed, health, items, models, search, train, ui
 from app.api.schemas import SearchQuery, TrainRequest
 from app.container import Services
@@ -23,6 +22,12 @@ from app.settings import Settings
 
 DESCRIPTION = """Embed images with a ResNet18 triplet network, store labelled items, find
 nearest neighbours (FAISS), group them (k-means) and retrain on your own labels."""
+
+
+# Open without the API key: probes, the static page (its API calls carry the key) and the docs.
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/ui", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Image embedding and similarity service",
         description=DESCRIPTION,
         lifespan=lifespan,
+        max_body_size=settings.max_upload_bytes,
+        form_limits={"max_files": settings.max_files},
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -62,12 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
-    app.include_router(health.router)
-    app.include_router(ui.router)  # the page is static; its API calls carry the key
-    protected = [Depends(require_api_key)]
-    app.include_router(health.metrics_router, dependencies=protected)
-    for module in (models, embed, items, search, cluster, train):
-        app.include_router(module.router, dependencies=protected)
+    for module in (health, ui, models, embed, items, search, cluster, train):
+        app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -79,12 +82,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 routes=app.routes,
             )
             add_body_schemas(schema, (SearchQuery, TrainRequest))
+            if settings.api_key is not None:
+                add_api_key_security(schema, PUBLIC_PATHS)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(
+        UploadGuard,
+        max_concurrent=settings.max_concurrent_uploads,
+        total_timeout=settings.body_timeout_s,
+        idle_timeout=settings.body_idle_timeout_s,
+    )
+    app.add_middleware(ApiKeyAuth, api_key=settings.api_key, public_paths=PUBLIC_PATHS)
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: every answer is logged
     return app
 
 

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     train_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     max_upload_mb: float = Field(default=32.0, gt=0)
     max_files: int = Field(default=64, ge=1)
+    max_concurrent_uploads: int = Field(default=16, ge=1)
+    body_timeout_s: float = Field(default=120.0, gt=0)
+    body_idle_timeout_s: float = Field(default=15.0, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
     backend: BackendChoice = "auto"

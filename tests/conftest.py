@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
-from bench.common import start_server
 from model.data import content_fraction
+
+if TYPE_CHECKING:
+    from tests.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("EMBED_TEST_DATA", ROOT.parent / "shared" / "data")).resolve()
@@ -58,6 +61,21 @@ def image_bytes(
     return buffer.getvalue()
 
 
-def start_test_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """A real server process on the shipped default model, logging to ``log``."""
-    return start_server(data_dir, port, log=log, env={"EMBED_MODEL_DIR": str(DEFAULT_MODEL)})
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts real server processes (``start(env=...)``); each has its own data directory
+    under the test's ``tmp_path`` and logs to ``server.log`` there. All are stopped after the
+    test."""
+    from tests.server import ServerProcess
+
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, name: str = "server") -> ServerProcess:
+        server = ServerProcess(tmp_path / name / "data", tmp_path / f"{name}.log", env)
+        server.data_dir.parent.mkdir(exist_ok=True)
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from bench.common import free_port
-from tests.conftest import CIFAR, start_test_server
+from tests.conftest import CIFAR
+from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[httpx.Client]:
-    port = free_port()
-    process = start_test_server(tmp_path / "data", port, tmp_path / "server.log")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-    try:
+def server(server_process: Callable[..., ServerProcess]) -> Iterator[httpx.Client]:
+    with server_process().client() as client:
         yield client
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def files(label: str, start: int, count: int) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2 as httpx
@@ -15,8 +15,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from bench.common import free_port
-from tests.conftest import CIFAR, start_test_server
+from tests.conftest import CIFAR
+from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -63,36 +63,32 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         session.quit()
 
 
-def test_search_and_cluster_in_the_browser(browser: webdriver.Chrome, tmp_path: Path) -> None:
-    port = free_port()
-    process = start_test_server(tmp_path / "data", port, tmp_path / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            for label in ("cat", "bird"):
-                paths = sorted((CIFAR / label).iterdir())[:15]
-                files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-                assert client.post("/items", files=files, data={"labels": label}).status_code == 201
-        browser.get(f"{base}/ui")
-        wait = WebDriverWait(browser, 60)
-        wait.until(lambda b: "model " in b.find_element(By.ID, "model").text)
-        query = sorted((CIFAR / "cat").iterdir())[4000]
-        browser.find_element(By.ID, "file").send_keys(str(query))
-        browser.find_element(By.ID, "search").click()
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "figure.neighbor img")) == 8)
-        images = browser.find_elements(By.CSS_SELECTOR, "figure.neighbor img")
-        wait.until(
-            lambda b: all(b.execute_script("return arguments[0].naturalWidth", i) for i in images)
-        )
-        assert "prediction:" in browser.find_element(By.ID, "prediction").text
-        browser.find_element(By.ID, "cluster").click()
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#by-label circle")) == 30)
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#by-cluster circle")) == 30
-        assert "purity" in browser.find_element(By.ID, "cluster-metrics").text
-        assert browser.find_element(By.ID, "status").text == ""
-        screenshot = tmp_path / "ui.png"
-        assert browser.save_screenshot(str(screenshot))
-        assert screenshot.stat().st_size > 20_000
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+def test_search_and_cluster_in_the_browser(
+    browser: webdriver.Chrome, tmp_path: Path, server_process: Callable[..., ServerProcess]
+) -> None:
+    base = server_process().base_url
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for label in ("cat", "bird"):
+            paths = sorted((CIFAR / label).iterdir())[:15]
+            files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+            assert client.post("/items", files=files, data={"labels": label}).status_code == 201
+    browser.get(f"{base}/ui")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: "model " in b.find_element(By.ID, "model").text)
+    query = sorted((CIFAR / "cat").iterdir())[4000]
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    browser.find_element(By.ID, "search").click()
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "figure.neighbor img")) == 8)
+    images = browser.find_elements(By.CSS_SELECTOR, "figure.neighbor img")
+    wait.until(
+        lambda b: all(b.execute_script("return arguments[0].naturalWidth", i) for i in images)
+    )
+    assert "prediction:" in browser.find_element(By.ID, "prediction").text
+    browser.find_element(By.ID, "cluster").click()
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#by-label circle")) == 30)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#by-cluster circle")) == 30
+    assert "purity" in browser.find_element(By.ID, "cluster-metrics").text
+    assert browser.find_element(By.ID, "status").text == ""
+    screenshot = tmp_path / "ui.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 20_000

@@ -1,4 +1,5 @@
-"""Request bodies that routes parse themselves (those accepting JSON or multipart)."""
+"""Request bodies that routes parse themselves (those accepting JSON or multipart), and the
+parts of the OpenAPI document that FastAPI cannot derive from the routes."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def add_body_schemas(openapi: dict[str, Any], models: tuple[type[BaseModel], ...
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
+
+
+def add_api_key_security(openapi: dict[str, Any], public_paths: frozenset[str]) -> None:
+    """Declares the API key (``X-API-Key`` or a bearer token) on every operation outside
+    ``public_paths``: ``ApiKeyAuth`` checks it in middleware, where FastAPI cannot see it."""
+    openapi.setdefault("components", {})["securitySchemes"] = {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        "Bearer": {"type": "http", "scheme": "bearer"},
+    }
+    for path, operations in openapi.get("paths", {}).items():
+        if path not in public_paths:
+            for operation in operations.values():
+                operation["security"] = [{"ApiKey": []}, {"Bearer": []}]

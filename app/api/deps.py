@@ -1,8 +1,8 @@
-"""Dependencies: the services built in the lifespan, and API-key authentication."""
+"""Dependencies: the services built in the lifespan. (The API key is checked earlier, by
+``app.api.middleware.ApiKeyAuth``, before any body is read.)"""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -18,23 +18,3 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-def require_api_key(request: Request) -> None:
-    """With ``EMBED_API_KEY`` set, requires ``Authorization: Bearer <key>`` or
-    ``X-API-Key: <key>``; the comparison takes constant time."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    supplied = request.headers.get("x-api-key")
-    authorization = request.headers.get("authorization", "")
-    if supplied is None and authorization.lower().startswith("bearer "):
-        supplied = authorization[7:].strip()
-    if not supplied:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing API key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(supplied.encode(), expected.encode()):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "invalid API key")

@@ -48,16 +48,35 @@ class ModelVersion(BaseModel):
     metrics: dict[str, Any]
 
 
+class ActivationProgress(BaseModel):
+    reembedded: int
+    total: int
+
+
 class ModelVersionList(BaseModel):
     models: list[ModelVersion]
-    activating: str | None
-    last_activation: dict[str, Any]
+    activating: str | None = Field(description="the version being activated, if any")
+    activation_progress: ActivationProgress | None = None
+    last_activation: dict[str, Any] = Field(
+        description="the outcome of the last activation since start-up: its result, or"
+        " status 'failed' and the error"
+    )
+    unreadable_at_start: list[int] = Field(
+        description="items whose stored image could not be read when start-up embedded the"
+        " items missing a vector: they are stored but cannot be found by search"
+    )
 
 
 class Activation(BaseModel):
     version: str
     status: Literal["activating", "active"]
     reembedded: int | None = None
+    unreadable_items: int | None = Field(
+        default=None,
+        description="stored items whose image could not be read: they keep no vector and"
+        " cannot be found by search until re-added",
+    )
+    unreadable_ids: list[int] | None = Field(default=None, description="the first 100 of them")
     seconds: float | None = None
 
 

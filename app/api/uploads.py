@@ -1,4 +1,4 @@
-"""Reading multipart uploads: file count limit and display-safe file names."""
+"""Reading multipart uploads: their bytes and display-safe file names."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ def display_name(filename: str | None) -> str:
     return name[:255] or "upload"
 
 
-async def read_files(files: list[UploadFile], max_files: int) -> list[tuple[str, bytes]]:
+async def read_files(files: list[UploadFile]) -> list[tuple[str, bytes]]:
+    """The uploads' display names and bytes. (Their count is bounded by the app's
+    ``form_limits``, from ``EMBED_MAX_FILES``.)"""
     if not files:
         raise BadRequest("no files uploaded")
-    if len(files) > max_files:
-        raise BadRequest(f"too many files: at most {max_files} per request")
     return [(display_name(f.filename), await f.read()) for f in files]

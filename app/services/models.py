@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, NotFound, NotReady, ServiceError
 from app.services.catalog import Catalog
 from app.services.runtime import Runtime, Snapshot
 from app.store.database import Database
@@ -30,6 +30,7 @@ from model.preprocessing import ImageDecodeError, decode_image
 log = logging.getLogger(__name__)
 
 REEMBED_BATCH = 128
+MAX_REPORTED_IDS = 100  # ids listed in an activation result; the count is always exact
 
 
 class ModelService:
@@ -52,7 +53,9 @@ class ModelService:
         self.backend = backend
         self._activation_lock = threading.Lock()
         self.activating: str | None = None
+        self.progress = {"reembedded": 0, "total": 0}  # of the running activation
         self.last_activation: dict[str, Any] = {}
+        self.unreadable_at_start: list[int] = []
 
     # --- registry --------------------------------------------------------------------------
 
@@ -94,7 +97,12 @@ class ModelService:
         record = self.db.model(version)
         if record is None:
             raise NotFound(f"model version {version!r} not found")
-        embedder = Embedder.from_dir(Path(record["path"]), self.backend)
+        try:
+            embedder = Embedder.from_dir(Path(record["path"]), self.backend)
+        except CheckpointError as exc:
+            raise Conflict(f"model version {version!r} cannot be loaded: {exc}") from exc
+        except OSError as exc:
+            raise NotReady(f"model version {version!r} cannot be read: {exc}") from exc
         assert embedder.card is not None
         return embedder, embedder.card
 
@@ -109,7 +117,7 @@ class ModelService:
             self.db.activate_model(active)
         embedder, card = self._load(active)
         self.db.drop_vectors_except(active)  # those of an activation a crash interrupted
-        self._embed_missing(embedder, active)
+        self.unreadable_at_start = self._embed_missing(embedder, active)
         generation = self.db.generation()
         policy = self.runtime.index_policy
         index = VectorIndex.load(self.index_dir, active, embedder.dim, generation, policy)
@@ -127,20 +135,45 @@ class ModelService:
     # --- activation ------------------------------------------------------------------------
 
     def activate(self, version: str) -> dict[str, Any]:
-        """Re-embeds every item with ``version`` and makes it active; returns timings."""
+        """Re-embeds every item with ``version`` and makes it active; returns the result
+        (timings, and the items whose stored image could not be read)."""
+        self._claim(version)
+        return self._run_claimed(version)
+
+    def start_activation(self, version: str) -> None:
+        """``activate`` in a background thread. The claim happens here, before returning, so
+        a caller learns of a conflict at once; the outcome, success or failure, is recorded
+        in ``last_activation`` (shown by ``GET /models``)."""
+        self._claim(version)
+        threading.Thread(
+            target=self._run_claimed_logged, args=(version,), name="activation", daemon=True
+        ).start()
+
+    def _claim(self, version: str) -> None:
+        if self.db.model(version) is None:
+            raise NotFound(f"model version {version!r} not found")
         if not self._activation_lock.acquire(blocking=False):
             raise Conflict(f"model {self.activating} is being activated")
+        self.activating = version
+        self.progress = {"reembedded": 0, "total": 0}
+
+    def _run_claimed(self, version: str) -> dict[str, Any]:
+        """Runs a claimed activation and releases the claim; records the outcome."""
         try:
-            self.activating = version
-            return self._activate(version)
+            result = self._activate(version)
+        except Exception as exc:
+            detail = exc.detail if isinstance(exc, ServiceError) else repr(exc)
+            self.last_activation = {"version": version, "status": "failed", "error": detail}
+            raise
         finally:
             self.activating = None
             self._activation_lock.release()
+        self.last_activation = result
+        return result
 
-    def activate_logged(self, version: str) -> None:
-        """``activate`` for a background thread: failures are logged, the old model stays."""
+    def _run_claimed_logged(self, version: str) -> None:
         try:
-            self.activate(version)
+            self._run_claimed(version)
         except Exception:
             log.exception("activation of %s failed; the previous model stays active", version)
 
@@ -148,11 +181,11 @@ class ModelService:
         started = time.perf_counter()
         current = self.runtime.snapshot
         if current.version == version:
-            return {"version": version, "reembedded": 0, "seconds": 0.0}
+            return {"version": version, "status": "active", "reembedded": 0, "seconds": 0.0}
         embedder, card = self._load(version)
-        count = self._embed_missing(embedder, version)
-        with self.catalog.write_lock:
-            count += self._embed_missing(embedder, version)
+        unreadable = set(self._embed_missing(embedder, version))
+        with self.catalog.write_lock:  # the items added meanwhile (and the unreadable again)
+            unreadable.update(self._embed_missing(embedder, version))
             ids, vectors = self.db.vectors(version, embedder.dim)
             index = VectorIndex.build(version, ids, vectors, self.runtime.index_policy)
             self.db.activate_model(version)
@@ -161,16 +194,22 @@ class ModelService:
         VectorIndex.discard(self.index_dir, current.version)
         result = {
             "version": version,
-            "reembedded": count,
+            "status": "active",
+            "reembedded": len(ids),
+            "unreadable_items": len(unreadable),
+            "unreadable_ids": sorted(unreadable)[:MAX_REPORTED_IDS],
             "seconds": round(time.perf_counter() - started, 3),
         }
-        self.last_activation = result
         log.info("activated %s: %s", version, result)
         return result
 
-    def _embed_missing(self, embedder: Embedder, version: str) -> int:
-        """Embeds the items that have no vector for ``version`` yet; returns how many."""
+    def _embed_missing(self, embedder: Embedder, version: str) -> list[int]:
+        """Embeds the items that have no vector for ``version`` yet. Returns the ids of those
+        whose stored image could not be read: they stay stored but have no vector, so search
+        cannot find them; the caller reports them."""
         missing = self.db.items_missing_vectors(version)
+        unreadable: list[int] = []
+        self.progress["total"] += len(missing)
         for start in range(0, len(missing), REEMBED_BATCH):
             chunk = missing[start : start + REEMBED_BATCH]
             images, ids = [], []
@@ -180,8 +219,10 @@ class ModelService:
                     images.append(decode_image(data, target_size=embedder.config.input_size))
                 except (OSError, ImageDecodeError) as exc:
                     log.error("item %d: stored image unreadable (%s); skipped", item.id, exc)
+                    unreadable.append(item.id)
                     continue
                 ids.append(item.id)
             if images:
                 self.db.put_vectors(version, ids, self.runtime.embed_images(embedder, images))
-        return len(missing)
+            self.progress["reembedded"] += len(ids)
+        return unreadable

@@ -1,4 +1,6 @@
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,71 @@ def test_crash_during_activation_leaves_the_old_model(tmp_path: Path) -> None:
         assert client.get("/model").json()["version"] == default
         body = client.post("/search", json={"id": 1, "k": 5}).json()
         assert body["model_version"] == default and len(body["neighbors"]) == 3
+
+
+def wait_until_idle(client: TestClient) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 60
+    while (models := client.get("/models").json())["activating"] is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return models  # type: ignore[no-any-return]
+
+
+def test_simultaneous_activations_get_one_202_and_409s(client: TestClient, tmp_path: Path) -> None:
+    """The claim is taken before the route answers: never a 202 for an activation that then
+    fails with a conflict in the background."""
+    add(client, "cat", 0, 2)
+    second = register_second_model(client, tmp_path)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    release = threading.Event()
+    original = services.models._activate
+
+    def held(version: str):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return original(version)
+
+    services.models._activate = held
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(
+            pool.map(lambda _: client.post(f"/models/{second}/activate").status_code, range(8))
+        )
+    assert sorted(codes) == [202] + [409] * 7
+    listed = client.get("/models").json()
+    assert listed["activating"] == second and listed["activation_progress"] is not None
+    release.set()
+    models = wait_until_idle(client)
+    assert models["last_activation"]["status"] == "active"
+    assert client.get("/model").json()["version"] == second
+
+
+def test_a_damaged_model_is_a_409_and_a_failed_background_activation_is_listed(
+    client: TestClient, tmp_path: Path
+) -> None:
+    add(client, "cat", 0, 2)
+    default = client.get("/model").json()["version"]
+    second = register_second_model(client, tmp_path)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    weights = services.settings.data_dir / "models" / second / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    response = client.post(f"/models/{second}/activate", params={"wait": True})
+    assert response.status_code == 409
+    assert "cannot be loaded" in response.json()["detail"]
+    assert client.post(f"/models/{second}/activate").status_code == 202
+    failed = wait_until_idle(client)["last_activation"]
+    assert failed["status"] == "failed" and failed["version"] == second
+    assert "cannot be loaded" in failed["error"]
+    assert client.get("/model").json()["version"] == default
+
+
+def test_unreadable_stored_images_are_reported_not_counted(
+    client: TestClient, tmp_path: Path
+) -> None:
+    ids = add(client, "cat", 0, 3)
+    second = register_second_model(client, tmp_path)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    record = services.db.get_item(ids[1])
+    services.models.images.path(record.image_hash, record.image_ext).write_bytes(b"not an image")
+    result = client.post(f"/models/{second}/activate", params={"wait": True}).json()
+    assert result["reembedded"] == 2
+    assert result["unreadable_items"] == 1 and result["unreadable_ids"] == [ids[1]]
+    assert client.get("/models").json()["last_activation"]["unreadable_ids"] == [ids[1]]

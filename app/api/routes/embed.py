@@ -25,7 +25,7 @@ async def embed(
     services: ServicesDep,
     files: Annotated[list[UploadFile], File(description="one or more images")],
 ) -> EmbedResponse:
-    raw = await read_files(files, services.settings.max_files)
+    raw = await read_files(files)
     snapshot = services.runtime.snapshot
 
     def work() -> list[list[float]]:

@@ -29,9 +29,6 @@ def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-metrics_router = APIRouter(tags=["health"])
-
-
-@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

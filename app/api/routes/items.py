@@ -85,7 +85,7 @@ async def add_items(
         str | None, Form(description="JSON object, or list of objects, one per file")
     ] = None,
 ) -> ItemsCreated:
-    raw = await read_files(files, services.settings.max_files)
+    raw = await read_files(files)
     item_labels = _labels(labels, len(raw))
     item_metadata = _metadata(metadata, len(raw))
 

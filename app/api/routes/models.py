@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
-from app.api.schemas import Activation, ModelInfo, ModelVersion, ModelVersionList
-from app.errors import Conflict, NotFound
+from app.api.schemas import (
+    Activation,
+    ActivationProgress,
+    ModelInfo,
+    ModelVersion,
+    ModelVersionList,
+)
 
 router = APIRouter(tags=["models"])
 
@@ -41,7 +45,11 @@ def list_models(services: ServicesDep) -> ModelVersionList:
     return ModelVersionList(
         models=[ModelVersion(**m) for m in services.models.versions()],
         activating=services.models.activating,
+        activation_progress=(
+            ActivationProgress(**services.models.progress) if services.models.activating else None
+        ),
         last_activation=services.models.last_activation,
+        unreadable_at_start=services.models.unreadable_at_start,
     )
 
 
@@ -52,7 +60,11 @@ def list_models(services: ServicesDep) -> ModelVersionList:
     responses={
         202: {"description": "activation started in the background"},
         404: {"description": "unknown version"},
-        409: {"description": "another activation or a training job is in progress"},
+        409: {
+            "description": "another activation is in progress, or the version's files cannot"
+            " be loaded"
+        },
+        503: {"description": "the version's files cannot be read now"},
     },
 )
 async def activate(
@@ -61,15 +73,11 @@ async def activate(
     response: Response,
     wait: Annotated[bool, Query(description="answer only when the new model is active")] = False,
 ) -> Activation:
-    if services.models.versions_by_id().get(version) is None:
-        raise NotFound(f"model version {version!r} not found")
     if services.runtime.snapshot.version == version:
         return Activation(version=version, status="active")
     if wait:
         result = await run_in_threadpool(services.models.activate, version)
-        return Activation(status="active", **result)
-    if services.models.activating is not None:
-        raise Conflict(f"model {services.models.activating} is being activated")
-    threading.Thread(target=services.models.activate_logged, args=(version,), daemon=True).start()
+        return Activation(**result)
+    await run_in_threadpool(services.models.start_activation, version)
     response.status_code = status.HTTP_202_ACCEPTED
     return Activation(version=version, status="activating")

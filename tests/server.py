@@ -1,0 +1,80 @@
+"""A real server process for end-to-end tests: ``python -m app`` on a free loopback port,
+with its own data directory and log, on the shipped default model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from tests.conftest import DEFAULT_MODEL, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """Start, stop, kill and restart one server on a fixed port and data directory."""
+
+    def __init__(self, data_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.log = log
+        self.env = {"EMBED_MODEL_DIR": str(DEFAULT_MODEL), **(env or {})}
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120) -> ServerProcess:
+        """Starts the process and returns once ``/readyz`` answers 200."""
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app", "--port", str(self.port)],
+                cwd=ROOT,
+                env={**os.environ, "EMBED_DATA_DIR": str(self.data_dir), **self.env},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.base_url, timeout=5) as client:
+            while True:
+                if self.process.poll() is not None:
+                    tail = self.log.read_text()[-3000:]
+                    raise RuntimeError(f"server exited with {self.process.returncode}: {tail}")
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError("server did not become ready")
+                time.sleep(0.2)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def client(self, timeout: float = 60) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def stop(self) -> None:
+        """A graceful stop (SIGTERM), as an orchestrator would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash that durability must survive."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
