@@ -5,7 +5,8 @@ line from its standard output, and stops it with SIGTERM (the worker then ends a
 step, exit code 3). The spec names the recipe, the output folder and, for ``if_better``
 activation, the active model, which is evaluated on the same held-out split as the new one.
 The new model is then calibrated for int8 on its training split and measured on its held-out
-split, so that ``auto`` can serve it with the int8 backend when it keeps fp32's quality.
+split, so that ``auto`` can serve it with the int8 backend when it keeps fp32's quality. A
+SIGTERM during those steps is honoured too: the worker exits with code 3 before "finished".
 Only ``model`` is imported here.
 """
 
@@ -93,9 +94,14 @@ def main(spec_path: str) -> int:
     def on_term(signum: int, frame: object) -> None:
         stop["requested"] = True
 
+    def check_cancelled() -> None:
+        if stop["requested"]:
+            raise TrainingCancelled()
+
     signal.signal(signal.SIGTERM, on_term)
     try:
         data = prepare_data(recipe)
+        check_cancelled()
         card = train(
             recipe,
             Path(spec["out"]),
@@ -103,11 +109,16 @@ def main(spec_path: str) -> int:
             should_stop=lambda: stop["requested"],
             datasets=data,
         )
+        # the steps after training check for a cancel between them: until the worker exits
+        # with its model complete, a cancel is honoured
         baseline = spec.get("baseline")
         if baseline and len(data.val):
+            check_cancelled()
             emit(compare_with_active(Path(spec["out"]), Path(baseline), recipe, data))
         if len(data.val):
+            check_cancelled()
             emit(quantize(Path(spec["out"]), recipe))
+        check_cancelled()
         emit({"event": "finished", "version": card.version})
     except TrainingCancelled:
         emit({"event": "cancelled"})

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import random
-import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx2 as httpx
 import pytest
 
-from bench.common import free_port
-from tests.conftest import CIFAR, start_test_server
+from tests.conftest import CIFAR
+from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
-def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> None:
+def test_sigkill_during_writes_loses_no_acknowledged_item(
+    server_process: Callable[..., ServerProcess],
+) -> None:
     rng = random.Random(7)
     images = {
         label: [p.read_bytes() for p in sorted((CIFAR / label).iterdir())[:60]]
@@ -25,15 +26,15 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> Non
     }
     acknowledged: dict[int, str] = {}
     lock = threading.Lock()
-    port = free_port()
-    log = tmp_path / "server.log"
+    server = server_process()
     for round_ in range(3):
-        process = start_test_server(tmp_path / "data", port, log)
+        if round_:
+            server.start()
         stop = threading.Event()
 
         def client_loop(seed: int, stop: threading.Event) -> None:
             local = random.Random(seed)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            with server.client(timeout=10) as client:
                 while not stop.is_set():
                     label = local.choice(["cat", "bird"])
                     data = local.choice(images[label])
@@ -56,76 +57,64 @@ def test_sigkill_during_writes_loses_no_acknowledged_item(tmp_path: Path) -> Non
         for thread in threads:
             thread.start()
         time.sleep(rng.uniform(1.0, 3.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        server.kill()
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
 
     assert len(acknowledged) > 10
-    process = start_test_server(tmp_path / "data", port, log)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            for item_id, label in acknowledged.items():
-                item = client.get(f"/items/{item_id}")
-                assert item.status_code == 200, item_id
-                assert item.json()["label"] == label
-                hit = client.post("/search", json={"id": item_id, "k": 1})
-                assert hit.status_code == 200 and len(hit.json()["neighbors"]) == 1
-            total = client.get("/items").json()["total"]
-            index_size = next(
-                float(line.split()[-1])
-                for line in client.get("/metrics").text.splitlines()
-                if line.startswith("embed_index_vectors")
-            )
-            assert index_size == total >= len(acknowledged)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    server.start()
+    with server.client(timeout=30) as client:
+        for item_id, label in acknowledged.items():
+            item = client.get(f"/items/{item_id}")
+            assert item.status_code == 200, item_id
+            assert item.json()["label"] == label
+            hit = client.post("/search", json={"id": item_id, "k": 1})
+            assert hit.status_code == 200 and len(hit.json()["neighbors"]) == 1
+        total = client.get("/items").json()["total"]
+        index_size = next(
+            float(line.split()[-1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("embed_index_vectors")
+        )
+        assert index_size == total >= len(acknowledged)
 
 
-def test_sigkill_during_activation_leaves_the_old_model(tmp_path: Path) -> None:
-    port = free_port()
-    log = tmp_path / "server.log"
-    process = start_test_server(tmp_path / "data", port, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=120) as client:
-            for label in ("cat", "bird"):
-                paths = sorted((CIFAR / label).iterdir())[:1000]
-                for start_at in range(0, 1000, 50):
-                    chunk = paths[start_at : start_at + 50]
-                    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in chunk]
-                    response = client.post("/items", files=files, data={"labels": label})
-                    assert response.status_code == 201
-            old = client.get("/model").json()["version"]
-            job = client.post("/train", json={"epochs": 1, "activate": "never"}).json()
-            deadline = time.monotonic() + 300
-            while (status := client.get(f"/train/{job['job_id']}").json())["status"] == "running":
-                assert time.monotonic() < deadline
-                time.sleep(0.5)
-            assert status["status"] == "succeeded", status["error"]
-            new = status["model_version"]
-            assert client.post(f"/models/{new}/activate").status_code == 202
-            while client.get("/models").json()["activating"] != new:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            time.sleep(0.3)  # re-embedding 2,000 items takes seconds: kill in the middle
-            assert client.get("/models").json()["activating"] == new
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    process = start_test_server(tmp_path / "data", port, log)
-    try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            assert client.get("/model").json()["version"] == old
-            assert client.get("/items").json()["total"] == 2000
-            hit = client.post("/search", json={"id": 1, "k": 5}).json()
-            assert hit["model_version"] == old and len(hit["neighbors"]) == 5
-            assert (
-                client.post(f"/models/{new}/activate", params={"wait": "true"}).status_code == 200
-            )
-            assert client.get("/model").json()["version"] == new
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+def test_sigkill_during_activation_leaves_the_old_model(
+    server_process: Callable[..., ServerProcess],
+) -> None:
+    server = server_process()
+    with server.client(timeout=120) as client:
+        for label in ("cat", "bird"):
+            paths = sorted((CIFAR / label).iterdir())[:1000]
+            for start_at in range(0, 1000, 50):
+                chunk = paths[start_at : start_at + 50]
+                files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in chunk]
+                response = client.post("/items", files=files, data={"labels": label})
+                assert response.status_code == 201
+        old = client.get("/model").json()["version"]
+        job = client.post("/train", json={"epochs": 1, "activate": "never"}).json()
+        deadline = time.monotonic() + 300
+        while (status := client.get(f"/train/{job['job_id']}").json())["status"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert status["status"] == "succeeded", status["error"]
+        new = status["model_version"]
+        assert client.post(f"/models/{new}/activate").status_code == 202
+        while True:  # kill once some items, but not all, have their new vectors
+            models = client.get("/models").json()
+            assert models["activating"] == new, models
+            progress = models["activation_progress"]
+            if 0 < progress["reembedded"] < progress["total"]:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    server.kill()
+    server.start()
+    with server.client(timeout=60) as client:
+        assert client.get("/model").json()["version"] == old
+        assert client.get("/items").json()["total"] == 2000
+        hit = client.post("/search", json={"id": 1, "k": 5}).json()
+        assert hit["model_version"] == old and len(hit["neighbors"]) == 5
+        assert client.post(f"/models/{new}/activate", params={"wait": "true"}).status_code == 200
+        assert client.get("/model").json()["version"] == new

@@ -4,7 +4,7 @@ no generated request may get a 5xx or a response that breaks the schema."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 import schemathesis
@@ -15,30 +15,21 @@ from schemathesis.checks import (
     response_schema_conformance,
 )
 
-from bench.common import free_port
-from tests.conftest import CIFAR, start_test_server
+from tests.conftest import CIFAR
+from tests.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def fuzz_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
-    tmp = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    process = start_test_server(tmp / "data", port, tmp / "server.log")
-    base = f"http://127.0.0.1:{port}"
-    import httpx2 as httpx
-
-    with httpx.Client(base_url=base, timeout=30) as client:  # a few items to find and cluster
+@pytest.fixture
+def fuzz_schema(server_process: Callable[..., ServerProcess]) -> schemathesis.BaseSchema:
+    server = server_process()
+    with server.client(timeout=30) as client:  # a few items to find and cluster
         for label in ("cat", "bird"):
             paths = sorted((CIFAR / label).iterdir())[:3]
             files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
             assert client.post("/items", files=files, data={"labels": label}).status_code == 201
-    try:
-        yield schemathesis.openapi.from_url(f"{base}/openapi.json")
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    return schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
 
 
 def test_no_server_errors_and_schema_conformance(fuzz_schema: schemathesis.BaseSchema) -> None:

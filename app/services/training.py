@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from app.errors import BadRequest, Conflict, NotFound, NotReady, PayloadTooLarge
 from app.services.catalog import LABEL_PATTERN
 from app.services.models import ModelService
 from app.store.database import Database
@@ -120,39 +120,53 @@ class TrainingJobs:
     # --- requests --------------------------------------------------------------------------
 
     def start(self, options: dict[str, Any], archive: bytes | None = None) -> dict[str, Any]:
+        """Prepares the job's data set and starts its worker process.
+
+        The job's slot is claimed under the lock, but the data set (an archive to extract,
+        the stored items to export) is prepared outside it: a large archive does not hold up
+        cancels, shutdown or a second request, which is told at once that a job is running."""
+        job_id = uuid.uuid4().hex[:16]
         with self._lock:
             if self._job_id is not None:
                 raise Conflict(f"training job {self._job_id} is still running")
-            job_id = uuid.uuid4().hex[:16]
-            job_dir = self.jobs_dir / job_id
+            self._job_id = job_id  # claimed: preparing, no process yet
+            self._cancel_requested = False
+        job_dir = self.jobs_dir / job_id
+        try:
             job_dir.mkdir(parents=True)
-            try:
-                dataset_dir = self._prepare_dataset(options["dataset"], archive, job_dir)
-                spec = self._spec(options, dataset_dir, job_dir)
-            except BaseException:
-                shutil.rmtree(job_dir, ignore_errors=True)
-                raise
+            dataset_dir = self._prepare_dataset(options["dataset"], archive, job_dir)
+            spec = self._spec(options, dataset_dir, job_dir)
             self.db.add_job(job_id, options)
             spec_path = job_dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
-            stderr = (job_dir / "worker.log").open("w")
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self._process = subprocess.Popen(
+            with self._lock:
+                if self._cancel_requested:  # the server is shutting down
+                    raise NotReady("the service is shutting down")
+                self._process = self._launch(spec_path, job_dir)
+                self.db.update_job(job_id, status="running")
+                self._monitor = threading.Thread(
+                    target=self._watch, args=(job_id, self._process, job_dir, options), daemon=True
+                )
+                self._monitor.start()
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            if self.db.jobs(job_id):
+                self.db.update_job(job_id, status="failed", error="the job could not start")
+            with self._lock:
+                self._job_id = None
+            raise
+        return self.get(job_id)
+
+    @staticmethod
+    def _launch(spec_path: Path, job_dir: Path) -> subprocess.Popen[str]:
+        with (job_dir / "worker.log").open("w") as stderr:
+            return subprocess.Popen(
                 [sys.executable, "-m", "app.training_worker", str(spec_path)],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 text=True,
-                env=env,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-            stderr.close()
-            self._job_id = job_id
-            self._cancel_requested = False
-            self.db.update_job(job_id, status="running")
-            self._monitor = threading.Thread(
-                target=self._watch, args=(job_id, self._process, job_dir, options), daemon=True
-            )
-            self._monitor.start()
-        return self.get(job_id)
 
     def list(self) -> list[dict[str, Any]]:
         return self.db.jobs()

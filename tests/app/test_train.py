@@ -4,8 +4,10 @@ import io
 import json
 import shutil
 import stat
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,39 @@ def test_bad_train_parameters(client: TestClient) -> None:
     ):
         assert client.post("/train", json=body).status_code == 422, body
     assert client.post("/train", json={"embedding_dim": 64}).status_code == 400
+
+
+def test_an_archive_is_extracted_outside_the_jobs_lock(client: TestClient) -> None:
+    """While a large archive is extracted, the jobs lock is free (cancels and shutdown are not
+    held up) and a second request is told at once that a job is running."""
+    jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
+    extracting, release = threading.Event(), threading.Event()
+    extract = jobs._extract_archive
+
+    def slow_extract(data: bytes, target: Path) -> None:
+        extracting.set()
+        release.wait(30)
+        extract(data, target)
+
+    jobs._extract_archive = slow_extract
+    entries = {
+        f"{label}/{p.name}": p.read_bytes()
+        for label in ("cat", "bird")
+        for p in sorted((CIFAR / label).iterdir())[:10]
+    }
+    params = json.dumps({"epochs": 1, "batch_size": 8, "activate": "never"})
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(
+            client.post,
+            "/train",
+            files={"archive": ("set.zip", zipped(entries))},
+            data={"params": params},
+        )
+        assert extracting.wait(30)
+        assert jobs._lock.acquire(timeout=1)
+        jobs._lock.release()
+        assert client.post("/train", json={"epochs": 1}).status_code == 409
+        release.set()
+        response = first.result(timeout=60)
+    assert response.status_code == 202, response.text
+    assert wait_for(client, response.json()["job_id"])["status"] == "succeeded"
