@@ -96,10 +96,10 @@ class Catalog:
         return [records[i] for i in ids]
 
     def _fit_index(self, snapshot: Snapshot) -> None:
-        """Rebuilds the index when the item count crosses into another kind's range
-        (exact below the threshold, approximate above); called under ``write_lock``."""
+        """Rebuilds the index when the item count moves into another kind's range (exact
+        below the threshold, approximate above, with hysteresis); called under ``write_lock``."""
         policy = self.runtime.index_policy
-        if policy.kind_for(len(snapshot.index)) == snapshot.index.kind:
+        if policy.kind_for(len(snapshot.index), current=snapshot.index.kind) == snapshot.index.kind:
             return
         ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
         index = VectorIndex.build(snapshot.version, ids, vectors, policy)

@@ -128,9 +128,13 @@ class ModelService:
         self.runtime.swap(Snapshot(active, card, embedder, index))
 
     def save_index(self) -> None:
+        """Saves the active index for a quick next start. Under the write lock, so that no
+        write is between its database commit and its index update: the saved index holds
+        exactly the database generation it is labelled with."""
         if self.runtime.ready:
-            snapshot = self.runtime.snapshot
-            snapshot.index.save(self.index_dir, self.db.generation())
+            with self.catalog.write_lock:
+                snapshot = self.runtime.snapshot
+                snapshot.index.save(self.index_dir, self.db.generation())
 
     # --- activation ------------------------------------------------------------------------
 

@@ -34,13 +34,21 @@ IndexKind = Literal["flat", "ivf"]
 
 @dataclass(frozen=True)
 class IndexPolicy:
+    """Which index kind a set of ``count`` vectors gets. ``auto`` switches to IVF at
+    ``ann_threshold`` items and back to exact search only below ``flat_below`` of it: a
+    store hovering around the threshold does not rebuild its index on every add and delete."""
+
     kind: Literal["auto", "flat", "ivf"] = "auto"
     ann_threshold: int = 200_000
     nprobe: int = 32
+    flat_below: float = 0.9
 
-    def kind_for(self, count: int) -> IndexKind:
+    def kind_for(self, count: int, current: IndexKind | None = None) -> IndexKind:
+        """The kind for ``count`` vectors, given the ``current`` index's kind if there is one."""
         if self.kind != "auto":
             return self.kind
+        if current == "ivf":
+            return "flat" if count < self.ann_threshold * self.flat_below else "ivf"
         return "ivf" if count >= self.ann_threshold else "flat"
 
 
@@ -154,7 +162,8 @@ class VectorIndex:
             if note.get("generation") != generation or note.get("version") != version:
                 log.info("saved index of %s is stale; rebuilding", version)
                 return None
-            if note.get("kind", "flat") != policy.kind_for(int(note.get("count", 0))):
+            kind = note.get("kind", "flat")
+            if kind != policy.kind_for(int(note.get("count", 0)), current=kind):
                 log.info("saved index of %s is of another kind than wanted; rebuilding", version)
                 return None
             raw = np.frombuffer(data_path.read_bytes(), dtype=np.uint8)

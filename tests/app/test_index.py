@@ -1,3 +1,6 @@
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,5 +74,60 @@ def test_service_switches_index_kind_with_the_item_count(tmp_path: Path) -> None
         assert len(body["neighbors"]) == 5
         for item_id in ids[:15]:
             client.delete(f"/items/{item_id}")
+        assert services.runtime.snapshot.index.kind == "ivf"  # 45: not yet 10 % below
+        client.delete(f"/items/{ids[15]}")
         assert services.runtime.snapshot.index.kind == "flat"
-        assert len(services.runtime.snapshot.index) == 45
+        assert len(services.runtime.snapshot.index) == 44
+
+
+def test_auto_policy_switches_back_to_exact_only_well_below_the_threshold() -> None:
+    policy = IndexPolicy("auto", ann_threshold=100)
+    assert policy.kind_for(99) == "flat" and policy.kind_for(100) == "ivf"
+    assert policy.kind_for(99, current="ivf") == "ivf"
+    assert policy.kind_for(90, current="ivf") == "ivf"
+    assert policy.kind_for(89, current="ivf") == "flat"
+    assert policy.kind_for(99, current="flat") == "flat"
+    assert IndexPolicy("flat").kind_for(10**9, current="ivf") == "flat"
+
+
+def test_hovering_at_the_threshold_does_not_rebuild_on_every_write(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, ann_threshold=40)
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        ids = add(client, "cat", 0, 40)
+        index = services.runtime.snapshot.index
+        assert index.kind == "ivf"
+        for n in range(3):  # 39, 40, 39, 40, ... items
+            assert client.delete(f"/items/{ids[n]}").status_code == 204
+            add(client, "bird", n, 1)
+        assert services.runtime.snapshot.index is index  # the same index, updated in place
+
+
+def test_a_saved_index_holds_exactly_the_generation_it_is_labelled_with(tmp_path: Path) -> None:
+    """Saving at shutdown waits for a write that has committed to the database but not yet
+    reached the index."""
+    settings = make_settings(tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        add(client, "cat", 0, 3)
+        index = services.runtime.snapshot.index
+        in_write, release = threading.Event(), threading.Event()
+        index_add = index.add
+
+        def slow_add(ids: np.ndarray, vectors: np.ndarray) -> None:
+            in_write.set()  # the database has committed the new item
+            release.wait(30)
+            index_add(ids, vectors)
+
+        index.add = slow_add
+        with ThreadPoolExecutor(2) as pool:
+            write = pool.submit(add, client, "bird", 0, 1)
+            assert in_write.wait(30)
+            save = pool.submit(services.models.save_index)
+            time.sleep(0.5)
+            release.set()
+            write.result(timeout=30)
+            save.result(timeout=30)
+        version, generation = index.version, services.db.generation()
+        saved = VectorIndex.load(tmp_path / "data" / "index", version, index.dim, generation)
+        assert saved is not None and len(saved) == 4
