@@ -47,7 +47,7 @@ class Services:
         )
         policy = IndexPolicy(settings.index_kind, settings.ann_threshold, settings.ivf_nprobe)
         runtime = Runtime(settings.max_image_pixels, batcher, policy)
-        catalog = Catalog(db, images, runtime)
+        catalog = Catalog(db, images, runtime, settings.cluster_sample)
         models = ModelService(
             db, images, runtime, catalog, data / "models", data / "index", settings.backend
         )

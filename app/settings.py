@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1000, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_k: int = Field(default=1000, ge=1)
+    cluster_sample: int = Field(default=20_000, ge=2)
     backend: BackendChoice = "auto"
     torch_threads: int = Field(default=0, ge=0)
     batch_max_images: int = Field(default=64, ge=1, le=1024)

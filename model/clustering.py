@@ -39,6 +39,12 @@ def kmeans(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 25) -> 
     return Clustering(k, assignments.ravel().astype(np.int64), np.asarray(km.centroids))
 
 
+def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The index of each vector's most similar centroid (inner product: unit vectors and
+    spherical k-means centroids), as k-means itself assigns them."""
+    return np.argmax(vectors @ centroids.T, axis=1).astype(np.int64)
+
+
 def auto_kmeans(vectors: np.ndarray, max_k: int = 10, seed: int = 0) -> Clustering:
     """Tries k = 2..max_k and keeps the clustering with the highest cosine silhouette."""
     n = vectors.shape[0]

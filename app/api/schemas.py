@@ -157,6 +157,13 @@ class ClusterRequest(Strict):
     label: str | None = Field(default=None, max_length=64)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     projection: bool = Field(default=False, description="also return 2-D PCA coordinates")
+    limit: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="list the assignments (and 2-D points) of at most this many items, the"
+        " lowest ids; cluster sizes, label counts and metrics always cover every item",
+    )
 
 
 class ClusterSummary(BaseModel):
@@ -187,8 +194,15 @@ class Point(BaseModel):
 class ClusterResponse(BaseModel):
     k: int
     model_version: str
+    items: int = Field(description="how many items were clustered")
+    fitted_on: int = Field(
+        description="how many of them k-means was fitted on: all, or a seeded sample of"
+        " EMBED_CLUSTER_SAMPLE when there are more (the rest are assigned to the nearest"
+        " centroid)"
+    )
     clusters: list[ClusterSummary]
     assignments: list[Assignment]
+    assignments_truncated: bool = Field(description="true when 'limit' cut the list short")
     metrics: ClusterMetrics
     projection: list[Point] | None = None
 

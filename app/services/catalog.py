@@ -17,12 +17,13 @@ from app.services.runtime import DecodedUpload, Runtime, Snapshot
 from app.store.database import Database, ItemRecord, NewItem
 from app.store.images import EXTENSIONS, ImageStore
 from app.store.index import VectorIndex
-from model.clustering import auto_kmeans, kmeans, project_2d
+from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
 from model.metrics import clustering_metrics, silhouette
 
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
 MAX_METADATA_BYTES = 16_384
 SPARE_RESULTS = 8
+ASSIGN_CHUNK = 20_000  # vectors read and assigned to a centroid at a time
 
 
 def check_label(label: str) -> str:
@@ -54,10 +55,13 @@ class Catalog:
     """All item writes commit under ``write_lock``, which activation also takes for its swap,
     so an item is always stored with a vector of the model that is active when it commits."""
 
-    def __init__(self, db: Database, images: ImageStore, runtime: Runtime) -> None:
+    def __init__(
+        self, db: Database, images: ImageStore, runtime: Runtime, cluster_sample: int = 20_000
+    ) -> None:
         self.db = db
         self.images = images
         self.runtime = runtime
+        self.cluster_sample = cluster_sample
         self.write_lock = threading.Lock()
 
     # --- items -----------------------------------------------------------------------------
@@ -188,28 +192,50 @@ class Catalog:
     # --- clustering ------------------------------------------------------------------------
 
     def cluster(
-        self, k: int | str, label: str | None, seed: int, projection: bool = False
+        self,
+        k: int | str,
+        label: str | None,
+        seed: int,
+        projection: bool = False,
+        limit: int = 1000,
     ) -> dict[str, Any]:
+        """k-means over the stored items (those with ``label``, if given).
+
+        Memory and time stay bounded however many items there are: k-means is fitted on at
+        most ``cluster_sample`` vectors (a seeded sample), every item is then assigned to its
+        nearest centroid a chunk at a time, and the response lists the assignments (and 2-D
+        points) of the first ``limit`` items only. Sizes, label counts and metrics cover all."""
         snapshot = self.runtime.snapshot
-        ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
-        labels_by_id = dict(self.db.labelled_items())
-        if label is not None:
-            keep = np.array([labels_by_id.get(int(i)) == label for i in ids], dtype=bool)
-            ids, vectors = ids[keep], vectors[keep]
+        version, dim = snapshot.version, snapshot.embedder.dim
+        ids = self.db.vector_ids(version, label)
         if len(ids) == 0:
             raise BadRequest("there are no items to cluster")
+        if isinstance(k, int) and k > len(ids):
+            raise BadRequest(f"k={k} is more than the {len(ids)} items to cluster")
+        fit_ids = ids
+        if len(ids) > self.cluster_sample:
+            rng = np.random.default_rng(seed)
+            fit_ids = np.sort(rng.choice(ids, self.cluster_sample, replace=False))
+        fit_vectors = self.db.vectors_of(version, fit_ids, dim)
         if k == "auto":
-            grouping = auto_kmeans(vectors, seed=seed)
+            grouping = auto_kmeans(fit_vectors, seed=seed)
         else:
             assert isinstance(k, int)
-            if k > len(ids):
-                raise BadRequest(f"k={k} is more than the {len(ids)} items to cluster")
-            grouping = kmeans(vectors, k, seed=seed)
+            grouping = kmeans(fit_vectors, k, seed=seed)
+        if len(fit_ids) == len(ids):
+            assignments = grouping.assignments
+        else:
+            assignments = np.concatenate(
+                [
+                    nearest_centroid(self.db.vectors_of(version, chunk, dim), grouping.centroids)
+                    for chunk in np.array_split(ids, -(-len(ids) // ASSIGN_CHUNK))
+                ]
+            )
+        labels_by_id = dict(self.db.labelled_items())
+        item_labels = [labels_by_id.get(int(i)) for i in ids]
         members: dict[int, Counter[str]] = defaultdict(Counter)
-        sizes: Counter[int] = Counter()
-        for item_id, cluster in zip(ids.tolist(), grouping.assignments.tolist(), strict=True):
-            sizes[cluster] += 1
-            item_label = labels_by_id.get(item_id)
+        sizes = Counter(assignments.tolist())
+        for item_label, cluster in zip(item_labels, assignments.tolist(), strict=True):
             if item_label is not None:
                 members[cluster][item_label] += 1
         clusters = [
@@ -222,29 +248,35 @@ class Catalog:
             for c in range(grouping.k)
         ]
         labelled = [
-            (labels_by_id[int(i)], int(c))
-            for i, c in zip(ids, grouping.assignments, strict=True)
-            if labels_by_id.get(int(i)) is not None
+            (item_label, int(c))
+            for item_label, c in zip(item_labels, assignments, strict=True)
+            if item_label is not None
         ]
         metrics: dict[str, float | None] = {
             "purity": None,
             "nmi": None,
             "ari": None,
-            "silhouette": silhouette(vectors, grouping.assignments.tolist()),
+            "silhouette": silhouette(fit_vectors, grouping.assignments.tolist()),
         }
         if labelled:
-            item_labels, item_clusters = zip(*labelled, strict=True)
-            metrics.update(clustering_metrics(list(item_labels), list(item_clusters)))
+            names, groups = zip(*labelled, strict=True)
+            metrics.update(clustering_metrics(list(names), list(groups)))
+        shown = ids[:limit]
         return {
             "k": grouping.k,
-            "model_version": snapshot.version,
+            "model_version": version,
+            "items": len(ids),
+            "fitted_on": len(fit_ids),
             "clusters": clusters,
             "assignments": [
                 {"id": int(i), "cluster": int(c)}
-                for i, c in zip(ids, grouping.assignments, strict=True)
+                for i, c in zip(shown, assignments[:limit], strict=True)
             ],
+            "assignments_truncated": len(shown) < len(ids),
             "metrics": metrics,
-            "projection": points_2d(ids, vectors) if projection else None,
+            "projection": (
+                points_2d(shown, self.db.vectors_of(version, shown, dim)) if projection else None
+            ),
         }
 
 

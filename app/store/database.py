@@ -69,6 +69,9 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+MAX_SQL_PARAMS = 900  # below SQLite's smallest compiled-in limit on bound parameters
+
+
 @dataclass
 class ItemRecord:
     id: int
@@ -244,6 +247,35 @@ class Database:
             return ids, np.zeros((0, dim), dtype=np.float32)
         vectors = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32)
         return ids, vectors.reshape(len(rows), dim).copy()
+
+    def vector_ids(self, model_version: str, label: str | None = None) -> np.ndarray:
+        """The ids of the existing items (with ``label``, if given) that have a vector of
+        ``model_version``, ascending."""
+        sql = (
+            "SELECT v.item_id FROM vectors v JOIN items i ON i.id = v.item_id "
+            "WHERE v.model_version = ?"
+        )
+        params: tuple[Any, ...] = (model_version,)
+        if label is not None:
+            sql, params = sql + " AND i.label = ?", (model_version, label)
+        rows = self._query(sql + " ORDER BY v.item_id", params)
+        return np.array([r["item_id"] for r in rows], dtype=np.int64)
+
+    def vectors_of(self, model_version: str, ids: np.ndarray, dim: int) -> np.ndarray:
+        """The vectors of ``ids`` (which must have one), in the order given, read a chunk of
+        ids at a time."""
+        found: dict[int, bytes] = {}
+        for start in range(0, len(ids), MAX_SQL_PARAMS):
+            chunk = [int(i) for i in ids[start : start + MAX_SQL_PARAMS]]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT item_id, vector FROM vectors WHERE model_version = ? "
+                f"AND item_id IN ({marks})",
+                (model_version, *chunk),
+            )
+            found.update((r["item_id"], r["vector"]) for r in rows)
+        data = b"".join(found[int(i)] for i in ids)
+        return np.frombuffer(data, dtype=np.float32).reshape(len(ids), dim).copy()
 
     def items_missing_vectors(self, model_version: str) -> list[ItemRecord]:
         rows = self._query(

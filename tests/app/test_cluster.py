@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import add
+from app.main import create_app
+from tests.app.conftest import add, make_settings
 
 
 def test_cluster_with_k_and_auto(client: TestClient) -> None:
@@ -15,7 +18,8 @@ def test_cluster_with_k_and_auto(client: TestClient) -> None:
         assert cluster["majority_label"] in ("cat", "bird")
     metrics = body["metrics"]
     assert metrics["purity"] >= 0.9 and metrics["nmi"] >= 0.5  # the model tells them apart
-    assert -1 <= metrics["silhouette"] <= 1 and metrics["ari"] is not None
+    assert metrics["silhouette"] > 0.2 and metrics["ari"] > 0.6  # compact, separate groups
+    assert body["items"] == body["fitted_on"] == 20 and body["assignments_truncated"] is False
     auto = client.post("/cluster", json={"k": "auto"}).json()
     assert 2 <= auto["k"] <= 10
     only_cats = client.post("/cluster", json={"k": 2, "label": "cat"}).json()
@@ -30,11 +34,26 @@ def test_cluster_with_k_and_auto(client: TestClient) -> None:
         ({"k": 50}, 400),
         ({"k": "many"}, 422),
         ({"k": 2, "seed": -1}, 422),
+        ({"k": 2, "limit": -1}, 422),
+        ({"k": 2, "limit": 100_001}, 422),
     ],
 )
 def test_bad_cluster_requests(client: TestClient, body: dict, status: int) -> None:
     add(client, "cat", 0, 3)
     assert client.post("/cluster", json=body).status_code == status
+
+
+def test_large_stores_are_clustered_on_a_sample_and_listed_in_part(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", cluster_sample=16)
+    with TestClient(create_app(settings)) as client:
+        ids = add(client, "cat", 0, 20) + add(client, "bird", 0, 20)
+        request = {"k": 2, "seed": 3, "limit": 5, "projection": True}
+        body = client.post("/cluster", json=request).json()
+    assert body["items"] == 40 and body["fitted_on"] == 16
+    assert sum(c["size"] for c in body["clusters"]) == 40  # every item is assigned
+    assert body["metrics"]["purity"] >= 0.9
+    assert [a["id"] for a in body["assignments"]] == ids[:5] and body["assignments_truncated"]
+    assert [p["id"] for p in body["projection"]] == ids[:5]
 
 
 def test_cluster_of_an_empty_store(client: TestClient) -> None:

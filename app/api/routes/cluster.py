@@ -17,6 +17,6 @@ async def cluster(body: ClusterRequest, services: ServicesDep) -> ClusterRespons
     if isinstance(body.k, int) and not 1 <= body.k <= services.settings.max_k:
         raise BadRequest(f"k must be between 1 and {services.settings.max_k}, or 'auto'")
     result = await run_in_threadpool(
-        services.catalog.cluster, body.k, body.label, body.seed, body.projection
+        services.catalog.cluster, body.k, body.label, body.seed, body.projection, body.limit
     )
     return ClusterResponse.model_validate(result)
