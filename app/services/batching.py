@@ -3,7 +3,8 @@
 One inference thread takes the first waiting request, then gathers whatever else arrives
 within ``max_wait_s`` (up to ``max_batch`` images), runs one forward pass per model among
 them, and hands each request its own rows. While a pass runs, new requests queue up and join
-the next one, so under load batches form without any added waiting.
+the next one, so under load batches form without any added waiting. When a merged pass fails,
+each request in it is run alone, so that only the one at fault gets the error.
 
 The wait only happens while traffic is concurrent (the previous pass merged requests): a
 lone client's request goes straight through, which took its ``/embed`` p50 from 7.7 ms to
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from app.errors import NotReady
 from model.embedding import Embedder
 
 
@@ -43,6 +45,8 @@ class InferenceBatcher:
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
         self._concurrent = False
+        self._closed = False
+        self._closing = threading.Lock()  # orders embed()'s check-and-put against close()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
         self._thread.start()
@@ -50,11 +54,17 @@ class InferenceBatcher:
     def embed(self, embedder: Embedder, images: torch.Tensor) -> np.ndarray:
         """Blocks until the request's rows are computed (call from a worker thread)."""
         request = _Request(embedder, images)
-        self._queue.put(request)
+        with self._closing:
+            if self._closed:
+                raise NotReady("the service is shutting down")
+            self._queue.put(request)
         return request.future.result()
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Finishes the requests already queued, then stops; later calls fail at once."""
+        with self._closing:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout=30)
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
@@ -95,9 +105,12 @@ class InferenceBatcher:
             if self.on_batch is not None:
                 self.on_batch(len(images))
             vectors = group[0].embedder.embed_tensors(images)
-        except Exception as exc:  # every waiting request gets the error
-            for request in group:
-                request.future.set_exception(exc)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].future.set_exception(exc)
+            else:  # one bad request must not fail the others merged with it: run each alone
+                for request in group:
+                    self._run([request])
             return
         start = 0
         for request in group:

@@ -1,8 +1,10 @@
 import threading
+import time
 
 import numpy as np
 import torch
 
+from app.errors import NotReady
 from app.services.batching import InferenceBatcher
 from model.config import ModelConfig
 from model.embedding import Embedder
@@ -31,27 +33,62 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> No
         np.testing.assert_allclose(results[i], embedder.embed_tensors(images), atol=1e-5)
 
 
-def test_an_error_reaches_every_waiting_request() -> None:
+def test_a_bad_request_fails_alone_when_merged_with_good_ones() -> None:
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
-    batcher = InferenceBatcher()
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def on_batch(size: int) -> None:
+        sizes.append(size)
+        release.wait(30)  # the first pass holds the thread while the others queue up
+
+    batcher = InferenceBatcher(on_batch=on_batch)
+    first = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
     wrong = torch.zeros(2, 2, 32, 32, dtype=torch.uint8)  # two channels: always fails
-    right = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-    errors: list[torch.Tensor] = []
+    right = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    outcomes: dict[str, object] = {}
 
-    def call(images: torch.Tensor) -> None:
+    def call(name: str, images: torch.Tensor) -> None:
         try:
-            batcher.embed(embedder, images)
-        except RuntimeError:
-            errors.append(images)
+            outcomes[name] = batcher.embed(embedder, images)
+        except RuntimeError as exc:
+            outcomes[name] = exc
 
-    threads = [threading.Thread(target=call, args=(x,)) for x in (wrong, right, wrong)]
-    for thread in threads:
-        thread.start()
+    threads = [threading.Thread(target=call, args=("first", first))]
+    threads[0].start()
+    while not sizes:
+        time.sleep(0.01)
+    for name, images in (("wrong1", wrong), ("right", right), ("wrong2", wrong)):
+        threads.append(threading.Thread(target=call, args=(name, images)))
+        threads[-1].start()
+    time.sleep(0.3)
+    release.set()
     for thread in threads:
         thread.join(timeout=30)
     batcher.close()
-    assert all(not t.is_alive() for t in threads)  # nobody hangs
-    assert sum(images.shape[1] == 2 for images in errors) == 2
+    assert sizes[1:] == [2, 1, 2]  # the merged pass failed; each request then ran alone
+    assert isinstance(outcomes["wrong1"], RuntimeError)
+    assert isinstance(outcomes["wrong2"], RuntimeError)
+    np.testing.assert_allclose(outcomes["right"], embedder.embed_tensors(right), atol=1e-5)  # type: ignore[arg-type]
+
+
+def test_embed_after_close_fails_at_once() -> None:
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    batcher = InferenceBatcher()
+    batcher.close()
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            batcher.embed(embedder, torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        except NotReady as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "embed() after close() hangs"
+    assert outcome and "shutting down" in str(outcome[0])
 
 
 def test_a_lone_request_does_not_wait_for_company() -> None:
