@@ -83,6 +83,7 @@ def test_preferred_order_follows_the_cpu_and_the_calibration(
     assert preferred_backends(passed) == ["torch-fp32"]
 
 
+@pytest.mark.slow
 def test_auto_falls_back_when_the_calibration_does_not_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -39,6 +39,7 @@ def embedder() -> Embedder:
     return Embedder.from_dir(DEFAULT_MODEL)
 
 
+@pytest.mark.slow
 def test_held_out_quality_reproduces_the_card(
     embedder: Embedder, cifar: Path, photos: Path
 ) -> None:
@@ -54,6 +55,7 @@ def test_held_out_quality_reproduces_the_card(
             assert figures[metric] >= floor, (name, metric)
 
 
+@pytest.mark.slow
 def test_edited_copies_find_their_originals(embedder: Embedder, cifar: Path, photos: Path) -> None:
     assert embedder.card is not None
     recorded = embedder.card.metrics["near_duplicates"]

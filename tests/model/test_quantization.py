@@ -13,12 +13,18 @@ from model.calibration import calibrate_model_dir
 from model.checkpoint import read_card
 from model.data import load
 from model.embedding import Embedder
-from model.quantization import CALIBRATION_FILE, QUALITY_TOLERANCE, Int8Calibration
+from model.quantization import (
+    CALIBRATION_FILE,
+    GUARDED_METRICS,
+    QUALITY_TOLERANCE,
+    Int8Calibration,
+)
 from model.report import held_out_split
 from model.training import evaluate
 from tests.conftest import DEFAULT_MODEL
 
 
+@pytest.mark.slow
 def test_shipped_int8_model_keeps_fp32_quality_on_the_validation_split(
     cifar: Path, photos: Path
 ) -> None:
@@ -40,6 +46,7 @@ def test_shipped_int8_model_keeps_fp32_quality_on_the_validation_split(
     assert fp32["precision_at_1"] == pytest.approx(recorded, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_calibration_measures_and_round_trips(photos: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir)
@@ -54,7 +61,11 @@ def test_calibration_measures_and_round_trips(photos: Path, tmp_path: Path) -> N
     stored = json.loads((model_dir / CALIBRATION_FILE).read_text())
     assert stored["model_hash"] == read_card(model_dir).content_hash
     summary = calibration.summary()
-    assert summary["passes"] == calibration.passes and summary["calibration_images"] == 64
+    assert summary["calibration_images"] == 64 and summary["queries"] == len(val)
+    for name, delta in summary["deltas"].items():  # the summary reports what was measured
+        assert delta == pytest.approx(summary["int8"][name] - summary["fp32"][name], abs=1e-9)
+    within = all(abs(summary["deltas"][n]) <= QUALITY_TOLERANCE for n in GUARDED_METRICS)
+    assert summary["passes"] is within
 
 
 def test_unmeasured_calibration_never_passes() -> None:
