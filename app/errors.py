@@ -15,6 +15,10 @@ class BadRequest(ServiceError):
     status_code = 400
 
 
+class Forbidden(ServiceError):
+    status_code = 403
+
+
 class NotFound(ServiceError):
     status_code = 404
 

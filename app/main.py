@@ -7,14 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import add_api_key_security, add_body_schemas
 from app.api.middleware import ApiKeyAuth, RequestContext, UploadGuard
+from app.api.openapi import build_openapi
 from app.api.routes import cluster, embed, health, items, models, search, train, ui
-from app.api.schemas import SearchQuery, TrainRequest
 from app.container import Services
 from app.errors import ServiceError
 from app.observability import Metrics
@@ -60,10 +59,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         max_body_size=settings.max_upload_bytes,
         form_limits={"max_files": settings.max_files},
+        generate_unique_id_function=lambda route: route.name,  # operationId: the handler's name
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.services = None
+
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        """Lists in ``Allow`` every method the path serves (Starlette names only those of the
+        first route matching the path)."""
+        allowed = sorted(
+            method
+            for route in iter_route_contexts(app.routes)
+            if isinstance(route.original_route, APIRoute)
+            and route.path_regex.match(request.url.path)
+            for method in route.methods or ()
+        )
+        headers = {"Allow": ", ".join(allowed)}
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -72,20 +86,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, ui, models, embed, items, search, cluster, train):
         app.include_router(module.router)
 
+    documents: dict[int | None, dict[str, Any]] = {}  # by the active model's vector length
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                summary=app.summary,
-                description=app.description,
-                routes=app.routes,
-            )
-            add_body_schemas(schema, (SearchQuery, TrainRequest))
-            if settings.api_key is not None:
-                add_api_key_security(schema, PUBLIC_PATHS)
-            app.openapi_schema = schema
-        return app.openapi_schema
+        services: Services | None = app.state.services
+        dim = (
+            services.runtime.snapshot.embedder.dim if services and services.runtime.ready else None
+        )
+        if dim not in documents:
+            documents[dim] = build_openapi(app, settings, dim, PUBLIC_PATHS)
+        return documents[dim]
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(

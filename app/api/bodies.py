@@ -1,5 +1,4 @@
-"""Request bodies that routes parse themselves (those accepting JSON or multipart), and the
-parts of the OpenAPI document that FastAPI cannot derive from the routes."""
+"""Request bodies that routes parse themselves (those accepting JSON or multipart)."""
 
 from __future__ import annotations
 
@@ -8,6 +7,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData
 
 from app.errors import BadRequest
 
@@ -22,6 +22,14 @@ def validate(model: type[Model], data: Any) -> Model:
         raise RequestValidationError(exc.errors()) from exc
 
 
+def validation_error(location: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 like FastAPI's own, for a limit only known at run time (a setting, the active
+    model's dimension) that the OpenAPI document states as well."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": location, "msg": message, "input": None}]
+    )
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
@@ -32,24 +40,25 @@ async def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def add_body_schemas(openapi: dict[str, Any], models: tuple[type[BaseModel], ...]) -> None:
-    """Adds to the OpenAPI components the models that routes reference from ``openapi_extra``
-    (FastAPI only adds the models it validates itself)."""
-    components = openapi.setdefault("components", {}).setdefault("schemas", {})
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        components[model.__name__] = schema
+def form_properties(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's fields as multipart form fields in JSON Schema: a form field is present or
+    absent, never null, so optional fields lose their null branch."""
+    properties: dict[str, Any] = model.model_json_schema()["properties"]
+    for name, schema in properties.items():
+        choices = [c for c in schema.get("anyOf", []) if c.get("type") != "null"]
+        if len(choices) == 1:
+            rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+            properties[name] = {**choices[0], **rest}
+    return properties
 
 
-def add_api_key_security(openapi: dict[str, Any], public_paths: frozenset[str]) -> None:
-    """Declares the API key (``X-API-Key`` or a bearer token) on every operation outside
-    ``public_paths``: ``ApiKeyAuth`` checks it in middleware, where FastAPI cannot see it."""
-    openapi.setdefault("components", {})["securitySchemes"] = {
-        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-        "Bearer": {"type": "http", "scheme": "bearer"},
-    }
-    for path, operations in openapi.get("paths", {}).items():
-        if path not in public_paths:
-            for operation in operations.values():
-                operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+def single_fields(form: FormData, allowed: set[str]) -> dict[str, Any]:
+    """The form's fields by name, each given at most once and all of them ``allowed``."""
+    names = [name for name, _ in form.multi_items()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise BadRequest(f"form fields given more than once: {repeated[:5]}")
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown form fields: {unknown[:5]}")
+    return dict(form.multi_items())

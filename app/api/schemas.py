@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from model.recipe import TUNABLE_FIELDS, TrainRecipe
 
@@ -12,7 +22,41 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 
 class Strict(BaseModel):
+    """A request body or part of one: unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class JsonBody(Strict):
+    """A JSON request body, validated as its JSON Schema reads: strictly (no ``true`` for 1,
+    no ``"5"`` for 5), except that a number with a zero fraction (``5.0``) is an integer."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_numbers_are_integers(cls, value: Any, info: ValidationInfo) -> Any:
+        is_integral = isinstance(value, float) and value.is_integer()
+        if is_integral and _accepts_int_only(cls.model_fields[str(info.field_name)].annotation):
+            return int(value)
+        return value
+
+
+def _accepts_int_only(annotation: Any) -> bool:
+    """Whether ``int`` is among the annotation's number types and ``float`` is not."""
+    found: set[Any] = set()
+
+    def walk(tp: Any) -> None:
+        if get_origin(tp) is Annotated:
+            walk(get_args(tp)[0])
+        elif get_origin(tp) in (Union, UnionType):
+            for arg in get_args(tp):
+                walk(arg)
+        else:
+            found.add(tp)
+
+    walk(annotation)
+    return int in found and float not in found
 
 
 class Status(BaseModel):
@@ -115,18 +159,54 @@ class ItemList(BaseModel):
     offset: int
 
 
-class SearchQuery(Strict):
-    """Search by a stored item's id or by a vector (exactly one of them)."""
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _nonzero_vector(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+    schema["contains"] = {"not": {"const": 0}}
+
+
+class SearchOptions(Strict):
+    """The options of a search by image (multipart fields beside the file)."""
+
+    k: int = Field(default=10, ge=1, le=1000)
+    label: str | None = Field(default=None, max_length=64, description="only items with this label")
+
+
+class SearchQuery(SearchOptions, JsonBody):
+    """Search by a stored item's id or by a vector: exactly one of them."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"id": 1, "k": 5}, {"id": 1, "k": 10, "label": "cat"}]},
+        strict=True,
+        json_schema_extra={
+            "examples": [{"id": 1, "k": 5}, {"id": 1, "k": 10, "label": "cat"}],
+            "oneOf": [{"required": ["id"]}, {"required": ["vector"]}],
+        },
     )
 
-    id: int | None = Field(default=None, ge=1, le=MAX_ID)
-    vector: list[float] | None = Field(default=None, min_length=1, max_length=4096)
-    k: int = Field(default=10, ge=1, le=1000)
-    label: str | None = Field(default=None, max_length=64)
+    # present means not null: the schema shows the types alone, without null or a default
+    id: SkipJsonSchema[None] | Annotated[int, Field(ge=1, le=MAX_ID)] = Field(
+        default=None, json_schema_extra=_without_default
+    )
+    vector: SkipJsonSchema[None] | Annotated[list[float], Field(min_length=1, max_length=4096)] = (
+        Field(
+            default=None,
+            description="a query vector of the active model's length; not all zeros",
+            json_schema_extra=_nonzero_vector,
+        )
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [name for name in ("id", "vector") if name in data]
+            if len(given) != 1 or data[given[0]] is None:
+                raise ValueError("give exactly one of 'id' and 'vector', not null")
+        return data
 
 
 class Neighbor(BaseModel):
@@ -147,13 +227,16 @@ class SearchResponse(BaseModel):
     prediction: Prediction | None
 
 
-class ClusterRequest(Strict):
+class ClusterRequest(JsonBody):
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"k": 2}, {"k": "auto", "label": None, "seed": 0}]},
     )
 
-    k: int | Literal["auto"] = Field(default=2, description="number of clusters, or 'auto'")
+    k: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=2, description="number of clusters (at most EMBED_MAX_K), or 'auto'"
+    )
     label: str | None = Field(default=None, max_length=64)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     projection: bool = Field(default=False, description="also return 2-D PCA coordinates")
@@ -216,7 +299,7 @@ class Dataset(Strict):
 # limits and descriptions of ``model.recipe.TrainRecipe``.
 RecipeOptions: type[BaseModel] = create_model(
     "RecipeOptions",
-    __config__=ConfigDict(extra="forbid"),
+    __base__=JsonBody,
     **{  # type: ignore[call-overload]
         name: (TrainRecipe.model_fields[name].annotation, TrainRecipe.model_fields[name])
         for name in TUNABLE_FIELDS
@@ -227,6 +310,7 @@ RecipeOptions: type[BaseModel] = create_model(
 class TrainRequest(RecipeOptions):  # type: ignore[misc, valid-type]
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"dataset": {"source": "items"}, "epochs": 5, "activate": "if_better"},

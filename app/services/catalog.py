@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections import Counter, defaultdict
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadRequest, NotFound
+from app.errors import BadRequest, Conflict, NotFound
 from app.services.runtime import DecodedUpload, Runtime, Snapshot
 from app.store.database import Database, ItemRecord, NewItem
 from app.store.images import EXTENSIONS, ImageStore
@@ -184,10 +183,11 @@ class Catalog:
         query = np.asarray(vector, dtype=np.float64)
         if not np.all(np.isfinite(query)):
             raise BadRequest("vector values must be finite numbers")
-        norm = float(np.linalg.norm(query))
-        if norm == 0.0 or not math.isfinite(norm):
+        largest = float(np.max(np.abs(query)))
+        if largest == 0.0:
             raise BadRequest("vector must be non-zero")
-        return (query / norm).astype(np.float32)[None, :]
+        query = query / largest  # so that the norm of huge or tiny values stays finite
+        return (query / np.linalg.norm(query)).astype(np.float32)[None, :]
 
     # --- clustering ------------------------------------------------------------------------
 
@@ -209,9 +209,9 @@ class Catalog:
         version, dim = snapshot.version, snapshot.embedder.dim
         ids = self.db.vector_ids(version, label)
         if len(ids) == 0:
-            raise BadRequest("there are no items to cluster")
+            raise Conflict("there are no items to cluster")
         if isinstance(k, int) and k > len(ids):
-            raise BadRequest(f"k={k} is more than the {len(ids)} items to cluster")
+            raise Conflict(f"k={k} is more than the {len(ids)} items to cluster")
         fit_ids = ids
         if len(ids) > self.cluster_sample:
             rng = np.random.default_rng(seed)

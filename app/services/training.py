@@ -27,7 +27,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.errors import BadRequest, Conflict, NotFound, NotReady, PayloadTooLarge
+from app.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+)
 from app.services.catalog import LABEL_PATTERN
 from app.services.models import ModelService
 from app.store.database import Database
@@ -47,8 +55,9 @@ FINISHED = ("succeeded", "failed", "cancelled")
 MIN_IMAGES_PER_LABEL = 5
 
 
-def check_class_sizes(root: Path) -> Path:
-    """Refuses, before any job starts, data too small to split and train on."""
+def check_class_sizes(root: Path, error: type[ServiceError] = Conflict) -> Path:
+    """Refuses, before any job starts, data too small to split and train on: a conflict with
+    what is stored (items, a server folder), or ``error`` for an uploaded archive."""
     sizes = {
         d.name: sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         for d in root.iterdir()
@@ -56,7 +65,7 @@ def check_class_sizes(root: Path) -> Path:
     }
     usable = {name: n for name, n in sizes.items() if n >= MIN_IMAGES_PER_LABEL}
     if len(usable) < 2:
-        raise BadRequest(
+        raise error(
             f"training needs at least {MIN_IMAGES_PER_LABEL} images of each of two labels; "
             f"found {dict(sorted(sizes.items()))}"
         )
@@ -177,14 +186,17 @@ class TrainingJobs:
             raise NotFound(f"training job {job_id!r} not found")
         return jobs[0]
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def delete(self, job_id: str) -> dict[str, Any]:
+        """Cancels the job if it is running (its worker stops at the next step) and forgets
+        it; returns its last state. A model the job produced stays a model version."""
         job = self.get(job_id)
         with self._lock:
-            if job_id != self._job_id or self._process is None:
-                raise Conflict(f"training job {job_id} is already {job['status']}")
-            self._cancel_requested = True
-            self._process.terminate()
-        return self.get(job_id)
+            if job_id == self._job_id and self._process is not None:
+                self._cancel_requested = True
+                self._process.terminate()
+                job["status"] = "cancelled"
+            self.db.delete_job(job_id)  # under the lock: the job's monitor cannot be between
+        return job
 
     # --- datasets --------------------------------------------------------------------------
 
@@ -194,14 +206,15 @@ class TrainingJobs:
         source = dataset.get("source")
         if source == "directory":
             return check_class_sizes(self._allowed_directory(str(dataset.get("path", ""))))
+        if source == "archive" and archive is None:
+            raise BadRequest("an archive dataset needs the 'archive' file")
         target = job_dir / "dataset"
         target.mkdir()
         if source == "items":
             self._export_items(target)
-        elif source == "archive":
-            if archive is None:
-                raise BadRequest("an archive dataset needs the 'archive' file")
+        elif source == "archive" and archive is not None:
             self._extract_archive(archive, target)
+            return check_class_sizes(target, BadRequest)
         else:
             raise BadRequest("dataset source must be 'items', 'directory' or 'archive'")
         return check_class_sizes(target)
@@ -210,12 +223,12 @@ class TrainingJobs:
         if not path or "\x00" in path:
             raise BadRequest("dataset.path is required")
         if not self.train_roots:
-            raise BadRequest("no training folders are allowed (EMBED_TRAIN_ROOTS is empty)")
+            raise Forbidden("no training folders are allowed (EMBED_TRAIN_ROOTS is empty)")
         resolved = Path(path).resolve()
         if not any(resolved.is_relative_to(root) for root in self.train_roots):
-            raise BadRequest("dataset.path is not under an allowed training folder")
+            raise Forbidden("dataset.path is not under an allowed training folder")
         if not resolved.is_dir():
-            raise BadRequest("dataset.path is not a folder")
+            raise NotFound("dataset.path is not a folder")
         return resolved
 
     def _export_items(self, target: Path) -> None:
@@ -287,7 +300,7 @@ class TrainingJobs:
         from_scratch = options.get("init") == "scratch"
         embedding_dim = options.get("embedding_dim") or config.embedding_dim
         if not from_scratch and embedding_dim != config.embedding_dim:
-            raise BadRequest(
+            raise Conflict(
                 "embedding_dim differs from the active model's: use init='scratch' to change it"
             )
         try:

@@ -356,6 +356,11 @@ class Database:
         with self.transaction() as conn:
             conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*encoded.values(), job_id])
 
+    def delete_job(self, job_id: str) -> None:
+        """Forgets a job; later updates of it (by its monitor, as it stops) change nothing."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
     def jobs(self, job_id: str | None = None) -> list[dict[str, Any]]:
         if job_id is None:
             rows = self._query("SELECT * FROM jobs ORDER BY created_at DESC")

@@ -29,9 +29,11 @@ def test_cluster_with_k_and_auto(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "status"),
     [
-        ({"k": 0}, 400),
-        ({"k": -1}, 400),
-        ({"k": 50}, 400),
+        ({"k": 0}, 422),
+        ({"k": -1}, 422),
+        ({"k": 1001}, 422),  # EMBED_MAX_K
+        ({"k": 50}, 409),  # more than the stored items
+        ({"k": True}, 422),
         ({"k": "many"}, 422),
         ({"k": 2, "seed": -1}, 422),
         ({"k": 2, "limit": -1}, 422),
@@ -57,4 +59,4 @@ def test_large_stores_are_clustered_on_a_sample_and_listed_in_part(tmp_path: Pat
 
 
 def test_cluster_of_an_empty_store(client: TestClient) -> None:
-    assert client.post("/cluster", json={"k": 2}).status_code == 400
+    assert client.post("/cluster", json={"k": 2}).status_code == 409

@@ -1,5 +1,7 @@
 import json
 
+from fastapi.testclient import TestClient
+
 from app.main import create_app
 from tests.conftest import ROOT
 
@@ -44,3 +46,40 @@ def test_every_reference_resolves() -> None:
     assert refs and refs <= set(schema["components"]["schemas"])
     for name in ("SearchQuery", "TrainRequest", "ClusterRequest"):
         assert schema["components"]["schemas"][name]["examples"]
+
+
+def test_405_lists_every_method_the_path_serves(client: TestClient) -> None:
+    for path, methods in (
+        ("/items", "GET, POST"),
+        ("/items/1", "DELETE, GET"),
+        ("/train", "GET, POST"),
+    ):
+        response = client.request("OPTIONS", path)
+        assert response.status_code == 405 and response.headers["allow"] == methods
+
+
+def test_the_served_document_states_run_time_limits_and_links(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    vector = schemas["SearchQuery"]["properties"]["vector"]
+    assert vector["minItems"] == vector["maxItems"] == 128  # the active model's dimension
+    k = next(c for c in schemas["ClusterRequest"]["properties"]["k"]["anyOf"] if "type" in c)
+    assert k["maximum"] == 1000  # EMBED_MAX_K
+    files = schemas["Body_add_items"]["properties"]["files"]
+    assert (files["minItems"], files["maxItems"]) == (1, 64)  # EMBED_MAX_FILES
+    created = document["paths"]["/items"]["post"]["responses"]["201"]["links"]
+    assert created["GetItem"] == {
+        "operationId": "get_item",
+        "parameters": {"item_id": "$response.body#/items/0/id"},
+    }
+    assert set(document["paths"]["/train"]["post"]["responses"]["202"]["links"]) == {
+        "GetJob",
+        "CancelJob",
+    }
+
+
+def test_every_status_the_routes_answer_is_documented() -> None:
+    paths = create_app().openapi()["paths"]
+    assert {"409", "422"} <= set(paths["/cluster"]["post"]["responses"])  # no items; schema
+    assert {"403", "409", "415", "422"} <= set(paths["/train"]["post"]["responses"])
+    assert {"404", "413", "415", "422"} <= set(paths["/search"]["post"]["responses"])

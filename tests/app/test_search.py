@@ -66,10 +66,13 @@ def test_k_larger_than_the_store_returns_everything(stocked: TestClient) -> None
         ({"id": 1, "k": -3}, 422),
         ({"id": 1, "k": 10**9}, 422),
         ({"id": 99999}, 404),
-        ({"vector": [0.1] * 5}, 400),
+        ({"vector": [0.1] * 5}, 422),  # the active model's length is in the schema
         ({"vector": [0.0] * 128}, 400),
-        ({}, 400),
-        ({"id": 1, "vector": [0.1] * 128}, 400),
+        ({}, 422),  # exactly one of id and vector
+        ({"id": 1, "vector": [0.1] * 128}, 422),
+        ({"id": None}, 422),
+        ({"id": True}, 422),  # JSON bodies are strict
+        ({"vector": [True] * 128}, 422),
         ({"id": 1, "extra": True}, 422),
         ({"id": "one"}, 422),
     ],

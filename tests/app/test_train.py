@@ -82,6 +82,7 @@ def test_train_on_items_then_activate(client: TestClient) -> None:
 
 
 def test_cancel_a_running_job(client: TestClient) -> None:
+    before = client.get("/model").json()["version"]
     add(client, "cat", 0, 16)
     add(client, "bird", 0, 16)
     job_id = client.post("/train", json={"epochs": 200, "batch_size": 16}).json()["job_id"]
@@ -89,11 +90,17 @@ def test_cancel_a_running_job(client: TestClient) -> None:
     while not client.get(f"/train/{job_id}").json()["progress"].get("step"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert client.delete(f"/train/{job_id}").status_code == 200
-    job = wait_for(client, job_id)
-    assert job["status"] == "cancelled" and job["model_version"] is None
-    assert client.delete(f"/train/{job_id}").status_code == 409
+    cancelled = client.delete(f"/train/{job_id}")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert client.get(f"/train/{job_id}").status_code == 404  # forgotten
+    assert client.delete(f"/train/{job_id}").status_code == 404
     assert client.delete("/train/unknown").status_code == 404
+    jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while jobs._job_id is not None:  # the worker stops; its monitor ends
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert [m["version"] for m in client.get("/models").json()["models"]] == [before]
 
 
 def test_too_few_labels(client: TestClient) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
-from app.api.responses import UPLOAD_ERRORS
+from app.api.responses import UPLOAD_ERRORS, errors
 from app.api.schemas import Embedding, EmbedResponse
 from app.api.uploads import read_files
 
@@ -19,7 +19,7 @@ router = APIRouter(tags=["embeddings"])
     "/embed",
     response_model=EmbedResponse,
     summary="Embed images",
-    responses=UPLOAD_ERRORS,
+    responses=errors(*UPLOAD_ERRORS),
 )
 async def embed(
     services: ServicesDep,

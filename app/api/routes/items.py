@@ -7,14 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from fastapi.responses import FileResponse
+from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
-from app.api.responses import NOT_FOUND, UPLOAD_ERRORS
+from app.api.responses import UPLOAD_ERRORS, errors
 from app.api.schemas import MAX_ID, Item, ItemList, ItemsCreated, ItemSummary
 from app.api.uploads import read_files
 from app.errors import BadRequest
-from app.services.catalog import MAX_METADATA_BYTES, check_label
+from app.services.catalog import LABEL_PATTERN, MAX_METADATA_BYTES, check_label
 from app.store.database import ItemRecord
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -27,6 +28,7 @@ IMAGE_TYPES = {
     "gif": "image/gif",
 }
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="item id")]
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN.pattern)]
 
 
 def _labels(labels: list[str] | None, count: int) -> list[str | None]:
@@ -73,13 +75,13 @@ def to_item(record: ItemRecord, model_version: str) -> Item:
     status_code=status.HTTP_201_CREATED,
     response_model=ItemsCreated,
     summary="Store labelled images",
-    responses=UPLOAD_ERRORS,
+    responses=errors(*UPLOAD_ERRORS),
 )
 async def add_items(
     services: ServicesDep,
     files: Annotated[list[UploadFile], File(description="one or more images")],
     labels: Annotated[
-        list[str] | None, Form(description="one label per file, or one for all")
+        list[Label] | None, Form(description="one label per file, or one for all")
     ] = None,
     metadata: Annotated[
         str | None, Form(description="JSON object, or list of objects, one per file")
@@ -98,7 +100,7 @@ async def add_items(
     )
 
 
-@router.get("", response_model=ItemList, summary="List items")
+@router.get("", response_model=ItemList, summary="List items", responses=errors(422))
 async def list_items(
     services: ServicesDep,
     label: Annotated[str | None, Query(max_length=64)] = None,
@@ -112,7 +114,7 @@ async def list_items(
     )
 
 
-@router.get("/{item_id}", response_model=Item, summary="Read one item", responses=NOT_FOUND)
+@router.get("/{item_id}", response_model=Item, summary="Read one item", responses=errors(404, 422))
 async def get_item(item_id: ItemId, services: ServicesDep) -> Item:
     record = await run_in_threadpool(services.catalog.get, item_id)
     return to_item(record, services.runtime.snapshot.version)
@@ -122,7 +124,7 @@ async def get_item(item_id: ItemId, services: ServicesDep) -> Item:
     "/{item_id}/image",
     summary="The stored image of one item",
     response_class=FileResponse,
-    responses={**NOT_FOUND, 200: {"content": {"image/*": {}}}},
+    responses={**errors(404, 422), 200: {"content": {"image/*": {}}}},
 )
 async def get_item_image(item_id: ItemId, services: ServicesDep) -> FileResponse:
     record = await run_in_threadpool(services.catalog.get, item_id)
@@ -134,7 +136,7 @@ async def get_item_image(item_id: ItemId, services: ServicesDep) -> FileResponse
     "/{item_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete one item",
-    responses=NOT_FOUND,
+    responses=errors(404, 422),
 )
 async def delete_item(item_id: ItemId, services: ServicesDep) -> None:
     await run_in_threadpool(services.catalog.delete, item_id)

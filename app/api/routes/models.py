@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
+from app.api.responses import errors
 from app.api.schemas import (
     Activation,
     ActivationProgress,
@@ -17,6 +18,7 @@ from app.api.schemas import (
 )
 
 router = APIRouter(tags=["models"])
+ACTIVATION = {"$ref": "#/components/schemas/Activation"}
 
 
 @router.get("/model", response_model=ModelInfo, summary="The active model and its metrics")
@@ -58,13 +60,13 @@ def list_models(services: ServicesDep) -> ModelVersionList:
     response_model=Activation,
     summary="Activate a model version (re-embeds every item, then swaps)",
     responses={
-        202: {"description": "activation started in the background"},
-        404: {"description": "unknown version"},
-        409: {
-            "description": "another activation is in progress, or the version's files cannot"
-            " be loaded"
+        202: {
+            "description": "activation started in the background",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Activation"}}
+            },
         },
-        503: {"description": "the version's files cannot be read now"},
+        **errors(404, 409, 422, 503),
     },
 )
 async def activate(

@@ -8,10 +8,16 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.bodies import json_object, validate
+from app.api.bodies import (
+    form_properties,
+    json_object,
+    single_fields,
+    validate,
+    validation_error,
+)
 from app.api.deps import ServicesDep
-from app.api.responses import NOT_FOUND, UPLOAD_ERRORS
-from app.api.schemas import Neighbor, Prediction, SearchQuery, SearchResponse
+from app.api.responses import UPLOAD_ERRORS, errors
+from app.api.schemas import Neighbor, Prediction, SearchOptions, SearchQuery, SearchResponse
 from app.api.uploads import display_name
 from app.errors import BadRequest, UnsupportedMedia
 from app.services.catalog import SearchResult
@@ -28,9 +34,9 @@ OPENAPI_BODY: dict[str, Any] = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-                        "label": {"type": "string", "maxLength": 64},
+                        **form_properties(SearchOptions),
                     },
+                    "additionalProperties": False,
                 }
             },
             "application/json": {"schema": {"$ref": "#/components/schemas/SearchQuery"}},
@@ -44,28 +50,29 @@ OPENAPI_BODY: dict[str, Any] = {
     response_model=SearchResponse,
     summary="Nearest stored items and a kNN label prediction",
     openapi_extra=OPENAPI_BODY,
-    responses={**UPLOAD_ERRORS, **NOT_FOUND},
+    responses=errors(*UPLOAD_ERRORS, 404),
 )
 async def search(request: Request, services: ServicesDep) -> SearchResponse:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         async with request.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
+            fields = single_fields(form, {"file", "k", "label"})
+            upload = fields.pop("file", None)
             if not isinstance(upload, UploadFile):
                 raise BadRequest("multipart search needs an image in the 'file' field")
-            fields = {k: form.get(k) for k in ("k", "label") if form.get(k) not in (None, "")}
-            query = validate(SearchQuery, fields)
+            options = validate(SearchOptions, {k: v for k, v in fields.items() if v != ""})
             name, data = display_name(upload.filename), await upload.read()
 
         def by_image() -> SearchResult:
             decoded = services.runtime.decode([(name, data)])[0]
-            return services.catalog.search(upload=decoded, k=query.k, label=query.label)
+            return services.catalog.search(upload=decoded, k=options.k, label=options.label)
 
         result = await run_in_threadpool(by_image)
     elif content_type.startswith("application/json"):
         query = validate(SearchQuery, await json_object(request))
-        if (query.id is None) == (query.vector is None):
-            raise BadRequest("give exactly one of 'id' and 'vector'")
+        dim = services.runtime.snapshot.embedder.dim
+        if query.vector is not None and len(query.vector) != dim:
+            raise validation_error(("body", "vector"), f"the vector must have {dim} values")
         result = await run_in_threadpool(
             lambda: services.catalog.search(
                 item_id=query.id, vector=query.vector, k=query.k, label=query.label

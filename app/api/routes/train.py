@@ -1,4 +1,4 @@
-"""Training jobs: start, list, read, cancel."""
+"""Training jobs: start, list, read, cancel and forget."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.bodies import json_object, validate
+from app.api.bodies import json_object, single_fields, validate
 from app.api.deps import ServicesDep
-from app.api.responses import CONFLICT, NOT_FOUND, UPLOAD_ERRORS
+from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import Job, JobList, TrainRequest
 from app.errors import BadRequest, UnsupportedMedia
 
@@ -37,6 +37,7 @@ OPENAPI_BODY: dict[str, Any] = {
                             "description": "TrainRequest as JSON (its dataset is ignored)",
                         },
                     },
+                    "additionalProperties": False,
                 }
             },
         },
@@ -50,17 +51,18 @@ OPENAPI_BODY: dict[str, Any] = {
     response_model=Job,
     summary="Start a training job (in its own process)",
     openapi_extra=OPENAPI_BODY,
-    responses={**UPLOAD_ERRORS, **CONFLICT},
+    responses=errors(*BODY_ERRORS, 403, 409, 415),
 )
-async def start(request: Request, services: ServicesDep) -> Job:
+async def start_job(request: Request, services: ServicesDep) -> Job:
     content_type = request.headers.get("content-type", "")
     archive: bytes | None = None
     if content_type.startswith("multipart/form-data"):
         async with request.form(max_files=1, max_fields=4) as form:
-            upload = form.get("archive")
+            fields = single_fields(form, {"archive", "params"})
+            upload = fields.get("archive")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("multipart training needs a zip file in the 'archive' field")
-            raw_params = form.get("params") or "{}"
+            raw_params = fields.get("params") or "{}"
             if not isinstance(raw_params, str):
                 raise BadRequest("'params' must be a JSON text field")
             try:
@@ -87,7 +89,7 @@ async def list_jobs(services: ServicesDep) -> JobList:
     return JobList(jobs=[Job.model_validate(j) for j in jobs])
 
 
-@router.get("/{job_id}", response_model=Job, summary="A training job", responses=NOT_FOUND)
+@router.get("/{job_id}", response_model=Job, summary="A training job", responses=errors(404))
 async def get_job(job_id: str, services: ServicesDep) -> Job:
     return Job.model_validate(await run_in_threadpool(services.jobs.get, job_id))
 
@@ -95,8 +97,10 @@ async def get_job(job_id: str, services: ServicesDep) -> Job:
 @router.delete(
     "/{job_id}",
     response_model=Job,
-    summary="Cancel a running training job",
-    responses={**NOT_FOUND, **CONFLICT},
+    summary="Cancel a training job if it runs, and forget it",
+    description="Stops a running job's worker (the answer then says 'cancelled') and removes"
+    " the job from the list; a model it produced stays a model version.",
+    responses=errors(404),
 )
 async def cancel_job(job_id: str, services: ServicesDep) -> Job:
-    return Job.model_validate(await run_in_threadpool(services.jobs.cancel, job_id))
+    return Job.model_validate(await run_in_threadpool(services.jobs.delete, job_id))
