@@ -105,7 +105,7 @@ def test_cancel_a_running_job(client: TestClient) -> None:
 
 def test_too_few_labels(client: TestClient) -> None:
     add(client, "cat", 0, 4)
-    assert client.post("/train", json={"epochs": 1}).status_code == 400
+    assert client.post("/train", json={"epochs": 1}).status_code == 409  # the store lacks data
 
 
 def test_directory_source_is_confined_to_the_roots(tmp_path: Path) -> None:
@@ -113,9 +113,15 @@ def test_directory_source_is_confined_to_the_roots(tmp_path: Path) -> None:
     outside = class_folders(tmp_path / "outside")
     settings = make_settings(tmp_path / "data", train_roots=[tmp_path / "allowed"])
     with TestClient(create_app(settings)) as client:
-        for path in (str(outside), str(root / ".." / ".." / "outside"), "/etc", ""):
+        for path, status in (
+            (str(outside), 403),
+            (str(root / ".." / ".." / "outside"), 403),
+            ("/etc", 403),
+            (str(root / "missing"), 404),
+            ("", 400),
+        ):
             body = {"dataset": {"source": "directory", "path": path}, "epochs": 1}
-            assert client.post("/train", json=body).status_code == 400, path
+            assert client.post("/train", json=body).status_code == status, path
         body = {"dataset": {"source": "directory", "path": str(root)}, "epochs": 1, "batch_size": 8}
         response = client.post("/train", json=body)
         assert response.status_code == 202
@@ -182,7 +188,7 @@ def test_bad_train_parameters(client: TestClient) -> None:
         {"unknown": 1},
     ):
         assert client.post("/train", json=body).status_code == 422, body
-    assert client.post("/train", json={"embedding_dim": 64}).status_code == 400
+    assert client.post("/train", json={"embedding_dim": 64}).status_code == 409  # active: 128
 
 
 def test_an_archive_is_extracted_outside_the_jobs_lock(client: TestClient) -> None:
