@@ -53,7 +53,7 @@ until curl -s "$H/train/$JOB" | grep -qE '"status":"(succeeded|failed|cancelled)
 run "curl -s $H/train/$JOB | head -c 700"
 VERSION=$(curl -s "$H/train/$JOB" | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["model_version"])')
 run "curl -s $H/train | head -c 300"
-run "curl -s -X DELETE $H/train/$JOB"
+run "curl -s -X DELETE $H/train/$JOB | head -c 300"
 run "curl -s $H/models | head -c 500"
 run "curl -s -X POST '$H/models/$VERSION/activate?wait=true'"
 run "curl -s $H/metrics | grep -E '^embed_(index_vectors|model_info|training_jobs)'"
