@@ -7,12 +7,14 @@ ONNX Runtime's static int8 is close (ahead at batch 1 and 32 px in some runs) bu
 batch 32, and a second int8 path would need its own calibration and quality proof. Both are
 benchmark entries, not backends.
 
-``auto`` picks the fastest backend this machine and model can run safely:
-``openvino-int8`` when the model has a calibration that passed the quality rule and the CPU
-has int8 dot-product instructions (VNNI or AMX), else ``openvino-bf16`` when the CPU
-computes bf16 natively, else ``openvino-fp32``; the PyTorch backends are the fallback when
-OpenVINO is missing or fails. Every candidate is checked against eager fp32 on a probe
-batch before it is used.
+``auto`` picks by measurement, not by CPU flags: every candidate worth trying here is built,
+checked against eager fp32 on a probe batch, and timed on a batch of ``MEASURE_BATCH``
+images (the batches the service forms under load), interleaved so that noise hits all alike;
+the fastest wins. Flags only decide what is worth trying: ``openvino-int8`` when the model
+has a calibration that passed the quality rule, the bf16 backends where the CPU computes
+bf16 natively, and always ``openvino-fp32`` and ``torch-fp32``. The outcome is remembered in
+a JSON file (the service keeps it in its data folder) under the CPU's identity, the library
+versions and the weights' hash, so a restart on the same machine builds only the winner.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ import functools
 import hashlib
 import json
 import logging
+import os
+import statistics
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import torch
 
+from model.checkpoint import atomic_write_bytes
 from model.config import ModelConfig
 from model.network import EmbeddingNet
 from model.preprocessing import normalize
@@ -49,6 +56,8 @@ BackendChoice = Literal["auto", Backend]
 Forward = Callable[[torch.Tensor], np.ndarray]
 
 PROBE_MIN_COSINE = 0.99
+MEASURE_BATCH = 32  # images per timed forward pass: the batches the service forms under load
+MEASURE_ROUNDS = 5
 
 
 class BackendUnavailable(RuntimeError):
@@ -56,12 +65,15 @@ class BackendUnavailable(RuntimeError):
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
+def _cpuinfo() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    for line in text.splitlines():
+        return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
@@ -72,11 +84,6 @@ def bf16_native() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-def int8_native() -> bool:
-    """int8 pays off only with dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
-
-
 def openvino_available() -> bool:
     try:
         import openvino  # noqa: F401
@@ -85,12 +92,12 @@ def openvino_available() -> bool:
     return True
 
 
-def preferred_backends(calibration: Int8Calibration | None) -> list[Backend]:
-    """``auto``'s candidates on this machine, fastest first, given the model's calibration
-    (which must belong to the model's weights: see ``Embedder.from_dir``)."""
+def candidate_backends(calibration: Int8Calibration | None) -> list[Backend]:
+    """``auto``'s candidates on this machine, given the model's calibration (which must
+    belong to the model's weights: see ``Embedder.from_dir``). Measurement orders them."""
     order: list[Backend] = []
     if openvino_available():
-        if calibration is not None and calibration.passes and int8_native():
+        if calibration is not None and calibration.passes:
             order.append("openvino-int8")
         if bf16_native():
             order.append("openvino-bf16")
@@ -246,14 +253,117 @@ def agrees_with_fp32(net: EmbeddingNet, forward: Forward) -> float:
     return float(np.min(np.sum(forward(probe) * reference, axis=1)))
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How a backend was chosen: set explicitly, or measured (images/s per candidate at
+    ``batch``; the candidates that could not run, and why), or remembered from a measurement
+    on this machine."""
+
+    backend: Backend
+    how: Literal["explicit", "measured", "remembered"]
+    batch: int = MEASURE_BATCH
+    images_per_second: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def images_per_second(
+    forward: Forward, size: int, batch: int = MEASURE_BATCH
+) -> Callable[[], float]:
+    """A timer for ``forward``: each call runs one batch of ``batch`` random images and
+    returns the images per second it took."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
+    forward(images)  # warm-up: first-call allocations and lazy compilation
+
+    def timed() -> float:
+        start = time.perf_counter()
+        forward(images)
+        return batch / (time.perf_counter() - start)
+
+    return timed
+
+
+def fastest(
+    timers: dict[Backend, Callable[[], float]], rounds: int = MEASURE_ROUNDS
+) -> dict[str, float]:
+    """The median images/s of each timer, over ``rounds`` rounds that run every timer once
+    in turn (A B C A B C ...), so that a noisy moment does not favour one candidate."""
+    samples: dict[str, list[float]] = {backend: [] for backend in timers}
+    for _ in range(rounds):
+        for backend, timed in timers.items():
+            samples[backend].append(timed())
+    return {backend: round(statistics.median(values), 1) for backend, values in samples.items()}
+
+
+def _machine_key(weights_hash: str | None, candidates: list[Backend]) -> str:
+    """What a measurement depends on: the CPU, the libraries, the weights, the candidates."""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if "model name" in line),
+        "unknown CPU",
+    )
+    identity = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "openvino": _openvino_version(),
+        "weights": weights_hash,
+        "candidates": candidates,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return str(openvino.__version__)
+
+
+# Measurements made in this process, by machine key: a process that builds the same model
+# again (an activation back to it, the test suite) does not measure again.
+_measured: dict[str, dict[str, Any]] = {}
+
+
+def _remembered(cache: Path | None, key: str) -> dict[str, Any] | None:
+    if key in _measured:
+        return _measured[key]
+    if cache is None:
+        return None
+    try:
+        entry = json.loads(cache.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry if isinstance(entry, dict) and entry.get("backend") in BACKENDS else None
+
+
+def _remember(cache: Path | None, key: str, selection: Selection) -> None:
+    _measured[key] = selection.to_dict()
+    if cache is None:
+        return
+    try:
+        entries = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = selection.to_dict()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cache, json.dumps(entries, indent=1).encode())
+
+
 def select_backend(
     net: EmbeddingNet,
     choice: BackendChoice,
     calibration: Int8Calibration | None = None,
     weights_hash: str | None = None,
-) -> tuple[Backend, Forward]:
+    cache: Path | None = None,
+    timer: Callable[[Forward, int], Callable[[], float]] = images_per_second,
+) -> tuple[Forward, Selection]:
     """The requested backend, or with ``auto`` the fastest candidate that builds and agrees
-    with fp32 on a probe batch. An explicitly requested backend that fails raises."""
+    with fp32 on a probe batch (measured with ``timer``, or remembered in ``cache``). An
+    explicitly requested backend that fails raises."""
 
     def checked(backend: Backend) -> Forward:
         forward = build_forward(net, backend, calibration, weights_hash)
@@ -264,10 +374,38 @@ def select_backend(
         return forward
 
     if choice != "auto":
-        return choice, checked(choice)
-    for backend in preferred_backends(calibration):
+        return checked(choice), Selection(choice, "explicit")
+    candidates = candidate_backends(calibration)
+    key = _machine_key(weights_hash, candidates)
+    remembered = _remembered(cache, key)
+    if remembered is not None:
         try:
-            return backend, checked(backend)
-        except Exception as exc:  # any failure of an optional fast path means: next one
-            log.warning("backend %s unavailable, trying the next: %s", backend, exc)
-    raise BackendUnavailable("no backend could run this network")  # torch-fp32 always runs
+            forward = checked(remembered["backend"])
+        except Exception as exc:  # the machine changed under us: measure again
+            log.warning("remembered backend %s fails now: %s", remembered["backend"], exc)
+        else:
+            selection = Selection(**{**remembered, "how": "remembered"})
+            log.info("backend %s, as measured before: %s", selection.backend, remembered)
+            return forward, selection
+    forwards: dict[Backend, Forward] = {}
+    unavailable: dict[str, str] = {}
+    for backend in candidates:
+        try:
+            forwards[backend] = checked(backend)
+        except Exception as exc:  # any failure of an optional fast path: not a candidate
+            unavailable[backend] = f"{type(exc).__name__}: {exc}"
+    if not forwards:
+        raise BackendUnavailable(f"no backend could run this network: {unavailable}")
+    size = net.config.input_size
+    rates = fastest({backend: timer(forward, size) for backend, forward in forwards.items()})
+    winner = max(forwards, key=lambda backend: rates[backend])
+    selection = Selection(winner, "measured", MEASURE_BATCH, rates, unavailable)
+    log.info(
+        "backend %s: fastest of %s images/s at batch %d%s",
+        winner,
+        rates,
+        MEASURE_BATCH,
+        f" ({len(unavailable)} unavailable: {unavailable})" if unavailable else "",
+    )
+    _remember(cache, key, selection)
+    return forwards[winner], selection

@@ -37,6 +37,7 @@ class Embedder:
         calibration: Int8Calibration | None = None,
         batch_size: int = 64,
         flip_tta: bool | None = None,
+        selection_cache: Path | None = None,
     ) -> None:
         self.net = net.eval()
         self.flip_tta = net.config.flip_tta if flip_tta is None else flip_tta
@@ -45,7 +46,10 @@ class Embedder:
         self.batch_size = batch_size
         self.calibration = calibration
         weights_hash = card.content_hash if card is not None else None
-        self.backend, self._forward = select_backend(self.net, backend, calibration, weights_hash)
+        self._forward, self.selection = select_backend(
+            self.net, backend, calibration, weights_hash, selection_cache
+        )
+        self.backend = self.selection.backend
 
     @classmethod
     def from_dir(
@@ -53,15 +57,19 @@ class Embedder:
         model_dir: Path,
         backend: BackendChoice = "torch-fp32",
         flip_tta: bool | None = None,
+        selection_cache: Path | None = None,
     ) -> Embedder:
         """Loads weights, card and (if present and made for these weights) the int8
-        calibration, and builds ``backend``."""
+        calibration, and builds ``backend`` (``auto``: the fastest measured here, remembered
+        in ``selection_cache`` if given)."""
         net, card = load_model(model_dir)
         calibration = Int8Calibration.load(model_dir)
         if calibration is not None and calibration.model_hash != card.content_hash:
             log.warning("ignoring %s: it was made for other weights", CALIBRATION_FILE)
             calibration = None
-        return cls(net, card, backend, calibration, flip_tta=flip_tta)
+        return cls(
+            net, card, backend, calibration, flip_tta=flip_tta, selection_cache=selection_cache
+        )
 
     @property
     def dim(self) -> int:

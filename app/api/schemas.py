@@ -73,6 +73,11 @@ class ModelInfo(BaseModel):
     labels: list[str]
     trained_at: str
     backend: str = Field(description="the inference backend running it (EMBED_BACKEND)")
+    backend_selection: dict[str, Any] = Field(
+        description="how it was chosen: 'explicit' (EMBED_BACKEND), 'measured' (images/s of"
+        " every candidate at one batch size, and those that could not run), or 'remembered'"
+        " (a measurement on this CPU with these libraries and weights)"
+    )
     flip_tta: bool = Field(
         description="each image is embedded with its mirror image and the two averaged"
     )

@@ -51,6 +51,7 @@ class ModelService:
         self.models_dir = models_dir
         self.index_dir = index_dir
         self.backend = backend
+        self.backend_cache = models_dir / "backend-selection.json"  # measured per CPU and model
         self._activation_lock = threading.Lock()
         self.activating: str | None = None
         self.progress = {"reembedded": 0, "total": 0}  # of the running activation
@@ -98,7 +99,9 @@ class ModelService:
         if record is None:
             raise NotFound(f"model version {version!r} not found")
         try:
-            embedder = Embedder.from_dir(Path(record["path"]), self.backend)
+            embedder = Embedder.from_dir(
+                Path(record["path"]), self.backend, selection_cache=self.backend_cache
+            )
         except CheckpointError as exc:
             raise Conflict(f"model version {version!r} cannot be loaded: {exc}") from exc
         except OSError as exc:

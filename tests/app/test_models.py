@@ -8,13 +8,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from model.backends import preferred_backends
 from model.checkpoint import save_model
 from model.config import ModelConfig
 from model.network import EmbeddingNet
-from model.quantization import Int8Calibration
 from tests.app.conftest import add, cifar_upload, make_settings
-from tests.conftest import DEFAULT_MODEL
 
 
 def register_second_model(client: TestClient, tmp_path: Path) -> str:
@@ -33,8 +30,13 @@ def test_active_model_description(client: TestClient) -> None:
     assert "val_precision_at_1" in body["metrics"]
     versions = client.get("/models").json()
     assert [m["active"] for m in versions["models"]] == [True]
-    # the automatic backend is the fastest this CPU runs; the shipped int8 calibration passed
-    assert body["backend"] == preferred_backends(Int8Calibration.load(DEFAULT_MODEL))[0]
+    # the automatic backend is the fastest measured here, and GET /model says so
+    selection = body["backend_selection"]
+    rates = selection["images_per_second"]
+    assert (
+        selection["how"] in ("measured", "remembered") and selection["backend"] == body["backend"]
+    )
+    assert body["backend"] == max(rates, key=rates.get)
     assert body["int8"]["passes"] is True
     assert body["int8"]["queries"] == body["metrics"]["val_queries"] == 1039
     assert body["flip_tta"] is False

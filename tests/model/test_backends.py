@@ -1,9 +1,10 @@
-"""Inference backends: each agrees with eager fp32 on real images, and ``auto`` picks and
-falls back as documented."""
+"""Inference backends: each agrees with eager fp32 on real images, and ``auto`` measures,
+picks the fastest, remembers it and falls back as documented."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ import pytest
 import torch
 
 from model import backends
-from model.backends import BACKENDS, BackendUnavailable, preferred_backends, select_backend
+from model.backends import (
+    BACKENDS,
+    BackendUnavailable,
+    Forward,
+    candidate_backends,
+    select_backend,
+)
 from model.checkpoint import load_model
 from model.data import discover, load
 from model.embedding import Embedder
@@ -45,14 +52,70 @@ def test_every_backend_agrees_with_fp32_on_real_images(
     np.testing.assert_allclose(embedder.embed_tensors(real_images[:1]), vectors[:1], atol=2e-3)
 
 
-def test_auto_picks_int8_for_the_shipped_model_where_the_cpu_has_vnni(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_auto_takes_the_fastest_measured_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the CPU flags suggest, the measurement decides (here a fake timer makes eager
+    fp32 the fastest: on a real CPU it never is)."""
+    monkeypatch.setattr(backends, "_measured", {})
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
-    assert Embedder.from_dir(DEFAULT_MODEL, "auto").backend == "openvino-int8"
+    net, card = load_model(DEFAULT_MODEL)
+    calibration = Int8Calibration.load(DEFAULT_MODEL)
+    speeds = {"torch-fp32": 900.0}
+
+    def fake_timer(forward: Forward, size: int) -> Callable[[], float]:
+        name = next(b for b, f in built.items() if f is forward)
+        return lambda: speeds.get(name, 100.0)
+
+    built: dict[str, Forward] = {}
+    build = backends.build_forward
+
+    def recording_build(net_: object, backend: str, *args: object) -> Forward:
+        built[backend] = build(net_, backend, *args)  # type: ignore[arg-type]
+        return built[backend]
+
+    monkeypatch.setattr(backends, "build_forward", recording_build)
+    _, selection = select_backend(net, "auto", calibration, card.content_hash, timer=fake_timer)
+    assert selection.backend == "torch-fp32" and selection.how == "measured"
+    assert set(selection.images_per_second) == set(candidate_backends(calibration))
+    assert selection.images_per_second["torch-fp32"] == 900.0
 
 
-def test_preferred_order_follows_the_cpu_and_the_calibration(
+@pytest.mark.slow
+def test_auto_remembers_its_measurement_per_cpu_and_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "_measured", {})  # nothing measured in this process yet
+    net, card = load_model(DEFAULT_MODEL)
+    calibration = Int8Calibration.load(DEFAULT_MODEL)
+    cache = tmp_path / "backend-selection.json"
+    timed: list[int] = []
+
+    def counting_timer(forward: Forward, size: int) -> Callable[[], float]:
+        timed.append(size)
+        return lambda: float(len(timed))  # the last candidate built is "fastest"
+
+    _, first = select_backend(net, "auto", calibration, card.content_hash, cache, counting_timer)
+    assert first.how == "measured" and len(timed) == len(first.images_per_second) >= 2
+    assert first.backend == max(first.images_per_second, key=first.images_per_second.get)  # type: ignore[arg-type]
+    timed.clear()
+    _, again = select_backend(net, "auto", calibration, card.content_hash, cache, counting_timer)
+    assert again.how == "remembered" and again.backend == first.backend and timed == []
+    monkeypatch.setattr(backends, "_measured", {})  # a new process: the file remembers
+    _, restarted = select_backend(
+        net, "auto", calibration, card.content_hash, cache, counting_timer
+    )
+    assert restarted.how == "remembered" and restarted.backend == first.backend and timed == []
+    _, other = select_backend(net, "auto", calibration, "f" * 64, cache, counting_timer)
+    assert other.how == "measured" and timed  # other weights: measured again
+
+
+def test_the_measured_choice_is_the_fastest_here() -> None:
+    embedder = Embedder.from_dir(DEFAULT_MODEL, "auto")
+    rates = embedder.selection.images_per_second
+    assert embedder.backend == max(rates, key=rates.get)  # type: ignore[arg-type]
+    assert "openvino-int8" in rates  # the shipped calibration passed: int8 is a candidate
+
+
+def test_candidates_follow_the_calibration_and_what_the_cpu_computes_natively(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     passed = Int8Calibration.load(DEFAULT_MODEL)
@@ -66,34 +129,37 @@ def test_preferred_order_follows_the_cpu_and_the_calibration(
     assert not failed.passes
 
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni", "amx_bf16"}))
-    assert preferred_backends(passed) == [
+    assert candidate_backends(passed) == [
         "openvino-int8",
         "openvino-bf16",
         "openvino-fp32",
         "torch-bf16",
         "torch-fp32",
     ]
-    assert preferred_backends(failed)[0] == "openvino-bf16"
-    assert preferred_backends(None)[0] == "openvino-bf16"
+    assert candidate_backends(failed)[0] == "openvino-bf16"
+    assert candidate_backends(None)[0] == "openvino-bf16"
 
+    # without VNNI int8 is still tried: measurement, not a flag, decides whether it pays
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert preferred_backends(passed) == ["openvino-fp32", "torch-fp32"]
+    assert candidate_backends(passed) == ["openvino-int8", "openvino-fp32", "torch-fp32"]
 
     monkeypatch.setattr(backends, "openvino_available", lambda: False)
-    assert preferred_backends(passed) == ["torch-fp32"]
+    assert candidate_backends(passed) == ["torch-fp32"]
 
 
 @pytest.mark.slow
 def test_auto_falls_back_when_the_calibration_does_not_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(backends, "_measured", {})
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     net, _ = load_model(DEFAULT_MODEL)
     shipped = Int8Calibration.load(DEFAULT_MODEL)
     assert shipped is not None
     broken = Int8Calibration(shipped.model_hash, shipped.ranges[:-1], 1, shipped.quality)
-    chosen, _ = select_backend(net, "auto", broken)
-    assert chosen == "openvino-fp32"
+    _, selection = select_backend(net, "auto", broken)
+    assert "quantisers" in selection.unavailable["openvino-int8"]
+    assert selection.backend in ("openvino-fp32", "torch-fp32")
     with pytest.raises(BackendUnavailable, match="quantisers"):
         select_backend(net, "openvino-int8", broken)
     with pytest.raises(BackendUnavailable, match="calibration"):

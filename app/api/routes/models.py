@@ -36,6 +36,7 @@ def active_model(services: ServicesDep) -> ModelInfo:
         labels=list(config.labels),
         trained_at=snapshot.card.trained_at,
         backend=snapshot.embedder.backend,
+        backend_selection=snapshot.embedder.selection.to_dict(),
         flip_tta=snapshot.embedder.flip_tta,
         int8=calibration.summary() if calibration is not None else None,
         metrics=snapshot.card.metrics,
