@@ -16,7 +16,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import httpx2 as httpx
+try:
+    import httpx2 as httpx
+except ImportError as exc:  # the service does not need it: it is the 'client' extra
+    raise ImportError(
+        "app.client needs the 'client' extra: pip install 'triplet-embed[client]'"
+    ) from exc
 
 
 class EmbedServiceError(Exception):

@@ -300,11 +300,16 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0 if calibration.passes else 1
 
 
+def missing_extra(extra: str) -> str:
+    """What to say when a command needs an optional extra that is not installed."""
+    return f"this command needs the '{extra}' extra: pip install 'triplet-embed[{extra}]'"
+
+
 def run_report(args: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        print("report needs matplotlib: pip install -e '.[dev]'", file=sys.stderr)
+        print(missing_extra("report"), file=sys.stderr)
         return 2
     embedder = Embedder.from_dir(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +337,7 @@ def run_export(args: argparse.Namespace) -> int:
 
         path = export_onnx(args.model, args.out)
     except ImportError as exc:
-        print(f"export needs onnx and onnxscript: pip install -e '.[dev]' ({exc})", file=sys.stderr)
+        print(f"{missing_extra('export')} ({exc})", file=sys.stderr)
         return 2
     print(f"wrote {path}")
     return 0

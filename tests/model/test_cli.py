@@ -1,0 +1,39 @@
+"""The command line: a command whose optional extra is missing says which one to install."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from tests.conftest import DEFAULT_MODEL
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "extra"),
+    [
+        (["report", "--model", str(DEFAULT_MODEL), "--data", "."], "matplotlib", "report"),
+        (["export", "--model", str(DEFAULT_MODEL)], "onnx", "export"),
+    ],
+)
+def test_a_missing_extra_is_named(
+    command: list[str],
+    module: str,
+    extra: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "model.export", raising=False)
+    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    assert f"pip install 'triplet-embed[{extra}]'" in capsys.readouterr().err
+
+
+def test_the_client_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "httpx2", None)
+    monkeypatch.delitem(sys.modules, "app.client", raising=False)
+    with pytest.raises(ImportError, match=r"triplet-embed\[client\]"):
+        import app.client  # noqa: F401
