@@ -12,6 +12,8 @@ Errors come back as :class:`EmbedServiceError` with the HTTP status and the serv
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -66,6 +68,26 @@ class EmbedClient:
 
     def ready(self) -> bool:
         return self._http.get("/readyz").status_code == 200
+
+    def wait_until_ready(
+        self, timeout: float, gone: Callable[[], str | None] = lambda: None
+    ) -> None:
+        """Polls ``/readyz`` until the service answers 200, as a caller that has just started
+        it would. Raises ``TimeoutError`` after ``timeout`` seconds, or ``RuntimeError`` as
+        soon as ``gone`` returns a reason to stop waiting (say, the server process exited)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reason = gone()
+            if reason is not None:
+                raise RuntimeError(reason)
+            try:
+                if self.ready():
+                    return
+            except httpx.TransportError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service did not become ready in {timeout} s")
+            time.sleep(0.2)
 
     def model(self) -> dict[str, Any]:
         return dict(self._call("GET", "/model"))

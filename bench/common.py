@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx2 as httpx
+from app.client import EmbedClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,18 +85,17 @@ def start_server(
     )
     if log is not None:
         output.close()  # type: ignore[union-attr]
-    deadline = time.monotonic() + timeout
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-        while True:
-            if process.poll() is not None:
-                tail = log.read_text()[-3000:] if log is not None else ""
-                raise RuntimeError(f"server exited with {process.returncode}: {tail}")
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return process
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.2)
+
+    def exited() -> str | None:
+        if process.poll() is None:
+            return None
+        tail = log.read_text()[-3000:] if log is not None else ""
+        return f"server exited with {process.returncode}: {tail}"
+
+    with EmbedClient(f"http://127.0.0.1:{port}", timeout=5) as client:
+        try:
+            client.wait_until_ready(timeout, exited)
+        except TimeoutError:
+            process.kill()
+            raise
+    return process

@@ -8,11 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 
+from app.client import EmbedClient
 from tests.conftest import DEFAULT_MODEL, ROOT
 
 
@@ -43,21 +43,20 @@ class ServerProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.base_url, timeout=5) as client:
-            while True:
-                if self.process.poll() is not None:
-                    tail = self.log.read_text()[-3000:]
-                    raise RuntimeError(f"server exited with {self.process.returncode}: {tail}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError("server did not become ready")
-                time.sleep(0.2)
+        process = self.process
+
+        def exited() -> str | None:
+            if process.poll() is None:
+                return None
+            return f"server exited with {process.returncode}: {self.log.read_text()[-3000:]}"
+
+        with EmbedClient(self.base_url, timeout=5) as client:
+            try:
+                client.wait_until_ready(timeout, exited)
+            except TimeoutError:
+                self.kill()
+                raise
+        return self
 
     @property
     def pid(self) -> int:

@@ -262,6 +262,12 @@ class Catalog:
             names, groups = zip(*labelled, strict=True)
             metrics.update(clustering_metrics(list(names), list(groups)))
         shown = ids[:limit]
+        points = None
+        if projection:  # k-means fitted on every item has read their vectors already
+            if len(fit_ids) == len(ids):
+                points = points_2d(shown, fit_vectors[:limit])
+            else:
+                points = points_2d(shown, self.db.vectors_of(version, shown, dim))
         return {
             "k": grouping.k,
             "model_version": version,
@@ -274,9 +280,7 @@ class Catalog:
             ],
             "assignments_truncated": len(shown) < len(ids),
             "metrics": metrics,
-            "projection": (
-                points_2d(shown, self.db.vectors_of(version, shown, dim)) if projection else None
-            ),
+            "projection": points,
         }
 
 

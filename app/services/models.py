@@ -91,9 +91,6 @@ class ModelService:
             for m in self.db.models()
         ]
 
-    def versions_by_id(self) -> dict[str, dict[str, Any]]:
-        return {m["version"]: m for m in self.versions()}
-
     def _load(self, version: str) -> tuple[Embedder, ModelCard]:
         record = self.db.model(version)
         if record is None:
