@@ -1,14 +1,18 @@
-"""Embedding throughput of every inference runtime we considered, against eager fp32, in one run.
+"""Embedding throughput of every inference runtime we considered, against eager fp32, in one run,
+and the choice the service's ``auto`` makes here.
 
     .venv/bin/python -m bench.embed_throughput [--model model/default] [--rounds 5]
         [--sizes 32 224] [--skip-compile]
 
 For batch 1 and 32, at the model's input size and at 224 px: eager fp32 and channels-last,
 bf16 autocast + channels-last, ``torch.compile`` (bf16, frozen weights), ONNX Runtime fp32
-and static int8, and OpenVINO fp32, bf16 and int8 (the service's backends). Images are real
-held-out images; the int8 models are calibrated on real training images (at the model's
-input size, the shipped ``int8.json``). Each table also gives the lowest cosine similarity
-of each runtime's embeddings to eager fp32's.
+and static int8, and OpenVINO fp32, bf16 and int8. The service's backends run through
+:class:`model.embedding.Embedder`, the code the service runs; the others are the runtimes we
+measured and did not adopt. Images are real held-out images; the int8 models are calibrated
+on real training images (at the model's input size: the shipped int8 IR). Each table also
+gives the lowest cosine similarity of each runtime's embeddings to eager fp32's. First it
+prints what ``auto`` measured and chose on this machine (:func:`model.backends.select_backend`,
+nothing remembered).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from model.data import load
 from model.embedding import Embedder
 from model.network import EmbeddingNet
 from model.preprocessing import normalize
-from model.quantization import Int8Calibration, calibrate
+from model.quantization import Int8Model, quantize
 from model.report import held_out_split
 
 Run = Callable[[torch.Tensor], np.ndarray]  # uint8 images to unit vectors
@@ -132,21 +136,18 @@ def candidates(
     card: ModelCard,
     size: int,
     calibration_images: torch.Tensor,
-    shipped: Int8Calibration | None,
+    shipped: Int8Model | None,
     workdir: Path,
     with_compile: bool,
 ) -> dict[str, Run]:
-    def backend(name: str, calibration: Int8Calibration | None = None) -> Run:
-        return Embedder(_copy(net, size), card, name, calibration).embed_tensors  # type: ignore[arg-type]
+    def backend(name: str, int8: Int8Model | None = None) -> Run:
+        return Embedder(_copy(net, size), card, name, int8).embed_tensors  # type: ignore[arg-type]
 
     if shipped is not None and size == card.config.input_size:
         int8 = shipped
     else:
-        int8 = Int8Calibration(
-            card.content_hash,
-            calibrate(_copy(net, size), calibration_images),
-            len(calibration_images),
-        )
+        calibrated = quantize(_copy(net, size), calibration_images)
+        int8 = Int8Model(card.content_hash, len(calibration_images), network=calibrated)
     runs: dict[str, Run] = {
         "eager fp32": backend("torch-fp32"),
         "eager channels_last": _eager_channels_last(_copy(net, size)),
@@ -179,7 +180,16 @@ def main() -> None:
     )
     rng = np.random.default_rng(0)
     chosen = [train[i] for i in sorted(rng.choice(len(train), 256, replace=False))]
-    shipped = Int8Calibration.load(args.model)
+    shipped = Int8Model.load(args.model)
+    selection = Embedder.from_dir(args.model, "auto").selection
+    print(f"auto chose {selection.backend} ({selection.how}), checked on {selection.probe}")
+    rates = selection.images_per_second
+    print(f"\n| candidate | images/s at batch {selection.batch} | ratio to torch-fp32 |")
+    print("| --- | --- | --- |")
+    for name, rate in sorted(rates.items(), key=lambda item: -item[1]):
+        print(f"| {name} | {rate:.0f} | {rate / rates['torch-fp32']:.2f}x |")
+    for name, why in selection.unavailable.items():
+        print(f"| {name} | unavailable: {why} | |")
     for size in args.sizes or sorted({card.config.input_size, 224}):
         calibration_images = load(chosen, size, names).images
         images = load(held_out[:32], size, names).images

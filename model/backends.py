@@ -8,13 +8,15 @@ batch 32, and a second int8 path would need its own calibration and quality proo
 benchmark entries, not backends.
 
 ``auto`` picks by measurement, not by CPU flags: every candidate worth trying here is built,
-checked against eager fp32 on a probe batch, and timed on a batch of ``MEASURE_BATCH``
-images (the batches the service forms under load), interleaved so that noise hits all alike;
-the fastest wins. Flags only decide what is worth trying: ``openvino-int8`` when the model
-has a calibration that passed the quality rule, the bf16 backends where the CPU computes
-bf16 natively, and always ``openvino-fp32`` and ``torch-fp32``. The outcome is remembered in
-a JSON file (the service keeps it in its data folder) under the CPU's identity, the library
-versions and the weights' hash, so a restart on the same machine builds only the winner.
+checked against eager fp32 on a probe batch (the held-out images the int8 model's manifest
+names, where they are on this machine; random noise otherwise), and timed on a batch of
+``MEASURE_BATCH`` images (the batches the service forms under load), interleaved so that
+noise hits all alike; the fastest wins. Flags only decide what is worth trying:
+``openvino-int8`` when the model ships an int8 IR that passed the quality rule, the bf16
+backends where the CPU computes bf16 natively, and always ``openvino-fp32`` and
+``torch-fp32``. The outcome is remembered in a JSON file (the service keeps it in its data
+folder) under the CPU's identity, the library versions and the weights' hashes, so a restart on the
+same machine builds only the winner.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from model.checkpoint import atomic_write_bytes
 from model.config import ModelConfig
 from model.network import EmbeddingNet
 from model.preprocessing import normalize
-from model.quantization import Int8Calibration, QuantizationError, quantized_model, to_openvino
+from model.quantization import Int8Model, to_openvino
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -61,7 +63,7 @@ MEASURE_ROUNDS = 5
 
 
 class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here (library missing, CPU, or bad calibration)."""
+    """The requested backend cannot run here (library missing, CPU, or no usable int8 model)."""
 
 
 @functools.cache
@@ -92,12 +94,12 @@ def openvino_available() -> bool:
     return True
 
 
-def candidate_backends(calibration: Int8Calibration | None) -> list[Backend]:
-    """``auto``'s candidates on this machine, given the model's calibration (which must
+def candidate_backends(int8: Int8Model | None) -> list[Backend]:
+    """``auto``'s candidates on this machine, given the model's int8 model (which must
     belong to the model's weights: see ``Embedder.from_dir``). Measurement orders them."""
     order: list[Backend] = []
     if openvino_available():
-        if calibration is not None and calibration.passes:
+        if int8 is not None and int8.passes:
             order.append("openvino-int8")
         if bf16_native():
             order.append("openvino-bf16")
@@ -148,10 +150,10 @@ def _with_uint8_input(model: ov.Model, config: ModelConfig) -> ov.Model:
 
 
 class _ModelCache:
-    """The last few OpenVINO models built, by weights hash, precision, input size and
-    calibration. Converting (``torch.export``) and quantising take about 4 s on 2 cores, and
-    the same weights are built again whenever an app restarts in one process or a model is
-    re-activated; compiling a cached model takes 0.1 s."""
+    """The last few OpenVINO models converted, by weights hash and input size. Converting
+    (``torch.export``) takes about 3 s on 2 cores, and the same weights are built again
+    whenever an app restarts in one process or a model is re-activated; compiling a cached
+    model takes 0.1 s."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
@@ -177,36 +179,24 @@ _MODELS = _ModelCache()
 
 
 def _openvino_model(
-    net: EmbeddingNet, precision: str, calibration: Int8Calibration | None
+    net: EmbeddingNet, precision: str, int8: Int8Model | None, weights_hash: str | None
 ) -> ov.Model:
+    """The network to compile, taking ``uint8`` images: the stored int8 IR, or the weights
+    converted (the same float model serves fp32 and bf16; the hint picks the precision)."""
     if precision == "int8":
-        if calibration is None:
-            raise BackendUnavailable("openvino-int8 needs the model's int8 calibration (int8.json)")
-        try:
-            model = quantized_model(net, calibration.ranges)
-        except ImportError as exc:
-            raise BackendUnavailable(f"openvino-int8 needs the nncf package: {exc}") from exc
-        except QuantizationError as exc:
-            raise BackendUnavailable(str(exc)) from exc
-    else:
-        model = to_openvino(net)
-    return _with_uint8_input(model, net.config)
+        if int8 is None or int8.network is None:
+            raise BackendUnavailable("openvino-int8 needs the model's int8 IR (int8.json)")
+        return _with_uint8_input(int8.network.clone(), net.config)
+    key = None if weights_hash is None else (weights_hash, str(net.config.input_size))
+    return _MODELS.get_or_build(key, lambda: _with_uint8_input(to_openvino(net), net.config))
 
 
 def _openvino_forward(
-    net: EmbeddingNet,
-    precision: str,
-    calibration: Int8Calibration | None,
-    weights_hash: str | None,
+    net: EmbeddingNet, precision: str, int8: Int8Model | None, weights_hash: str | None
 ) -> Forward:
     import openvino as ov
 
-    key = None
-    if weights_hash is not None:
-        ranges = json.dumps(calibration.ranges if calibration and precision == "int8" else None)
-        digest = hashlib.sha256(ranges.encode()).hexdigest()
-        key = (weights_hash, precision, str(net.config.input_size), digest)
-    model = _MODELS.get_or_build(key, lambda: _openvino_model(net, precision, calibration))
+    model = _openvino_model(net, precision, int8, weights_hash)
     # int8: the layers left unquantised stay exact, so quality matches the measured one
     hint = "f32" if precision == "int8" else precision
     compiled = ov.Core().compile_model(
@@ -226,7 +216,7 @@ def _openvino_forward(
 def build_forward(
     net: EmbeddingNet,
     backend: Backend,
-    calibration: Int8Calibration | None = None,
+    int8: Int8Model | None = None,
     weights_hash: str | None = None,
 ) -> Forward:
     """A forward pass of ``net`` on ``backend``; raises :class:`BackendUnavailable`.
@@ -240,14 +230,17 @@ def build_forward(
         raise BackendUnavailable(f"{backend} needs the openvino package")
     precision = backend.removeprefix("openvino-")
     precision = {"fp32": "f32"}.get(precision, precision)
-    return _openvino_forward(net, precision, calibration, weights_hash)
+    return _openvino_forward(net, precision, int8, weights_hash)
 
 
-def agrees_with_fp32(net: EmbeddingNet, forward: Forward) -> float:
-    """Lowest cosine similarity between ``forward`` and eager fp32 on a fixed probe batch."""
-    size = net.config.input_size
+def random_probe(size: int) -> torch.Tensor:
+    """The probe when no real images are at hand: four fixed random-noise images."""
     generator = torch.Generator().manual_seed(0)
-    probe = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=generator)
+    return torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def agrees_with_fp32(net: EmbeddingNet, forward: Forward, probe: torch.Tensor) -> float:
+    """Lowest cosine similarity between ``forward`` and eager fp32 on ``probe``."""
     with torch.inference_mode():
         reference = net(normalize(probe, net.config)).numpy()
     return float(np.min(np.sum(forward(probe) * reference, axis=1)))
@@ -264,6 +257,8 @@ class Selection:
     batch: int = MEASURE_BATCH
     images_per_second: dict[str, float] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    probe: str = ""
+    agreement: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -298,8 +293,9 @@ def fastest(
     return {backend: round(statistics.median(values), 1) for backend, values in samples.items()}
 
 
-def _machine_key(weights_hash: str | None, candidates: list[Backend]) -> str:
-    """What a measurement depends on: the CPU, the libraries, the weights, the candidates."""
+def _machine_key(weights_hash: str | None, candidates: list[Backend], int8_hash: str) -> str:
+    """What a measurement depends on: the CPU, the libraries, the weights (float and int8),
+    the candidates."""
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if "model name" in line),
         "unknown CPU",
@@ -310,6 +306,7 @@ def _machine_key(weights_hash: str | None, candidates: list[Backend]) -> str:
         "torch": torch.__version__,
         "openvino": _openvino_version(),
         "weights": weights_hash,
+        "int8": int8_hash,
         "candidates": candidates,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
@@ -356,27 +353,36 @@ def _remember(cache: Path | None, key: str, selection: Selection) -> None:
 def select_backend(
     net: EmbeddingNet,
     choice: BackendChoice,
-    calibration: Int8Calibration | None = None,
+    int8: Int8Model | None = None,
     weights_hash: str | None = None,
     cache: Path | None = None,
     timer: Callable[[Forward, int], Callable[[], float]] = images_per_second,
+    probe: torch.Tensor | None = None,
 ) -> tuple[Forward, Selection]:
     """The requested backend, or with ``auto`` the fastest candidate that builds and agrees
-    with fp32 on a probe batch (measured with ``timer``, or remembered in ``cache``). An
-    explicitly requested backend that fails raises."""
+    with fp32 on ``probe`` (real images; four random ones if None), measured with ``timer``
+    or remembered in ``cache``. An explicitly requested backend that fails raises."""
+    probe_text = "random noise" if probe is None else f"{len(probe)} held-out images"
+    if probe is None:
+        probe = random_probe(net.config.input_size)
+    agreement: dict[str, float] = {}
 
     def checked(backend: Backend) -> Forward:
-        forward = build_forward(net, backend, calibration, weights_hash)
+        forward = build_forward(net, backend, int8, weights_hash)
         if backend != "torch-fp32":  # eager fp32 is the reference itself
-            cosine = agrees_with_fp32(net, forward)
+            cosine = agrees_with_fp32(net, forward, probe)
+            agreement[backend] = round(cosine, 5)
             if cosine < PROBE_MIN_COSINE:
-                raise BackendUnavailable(f"{backend} disagrees with fp32 (cosine {cosine:.4f})")
+                raise BackendUnavailable(
+                    f"{backend} disagrees with fp32 on {probe_text} (cosine {cosine:.4f})"
+                )
         return forward
 
     if choice != "auto":
-        return checked(choice), Selection(choice, "explicit")
-    candidates = candidate_backends(calibration)
-    key = _machine_key(weights_hash, candidates)
+        forward = checked(choice)
+        return forward, Selection(choice, "explicit", probe=probe_text, agreement=agreement)
+    candidates = candidate_backends(int8)
+    key = _machine_key(weights_hash, candidates, int8.ir_hash if int8 is not None else "")
     remembered = _remembered(cache, key)
     if remembered is not None:
         try:
@@ -384,7 +390,9 @@ def select_backend(
         except Exception as exc:  # the machine changed under us: measure again
             log.warning("remembered backend %s fails now: %s", remembered["backend"], exc)
         else:
-            selection = Selection(**{**remembered, "how": "remembered"})
+            selection = Selection(
+                **{**remembered, "how": "remembered", "probe": probe_text, "agreement": agreement}
+            )
             log.info("backend %s, as measured before: %s", selection.backend, remembered)
             return forward, selection
     forwards: dict[Backend, Forward] = {}
@@ -399,7 +407,9 @@ def select_backend(
     size = net.config.input_size
     rates = fastest({backend: timer(forward, size) for backend, forward in forwards.items()})
     winner = max(forwards, key=lambda backend: rates[backend])
-    selection = Selection(winner, "measured", MEASURE_BATCH, rates, unavailable)
+    selection = Selection(
+        winner, "measured", MEASURE_BATCH, rates, unavailable, probe_text, agreement
+    )
     log.info(
         "backend %s: fastest of %s images/s at batch %d%s",
         winner,

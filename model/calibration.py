@@ -5,11 +5,13 @@ The split is the training run's (same roots, classes, validation fraction and se
 from the model card), so the calibration images are training images and the quality check
 uses only images the model never saw. Both fp32 and int8 are measured in the same way as
 the card's ``val_*`` metrics: held-out queries against the training gallery, then k-means
-on the queries.
+on the queries. A few held-out image files are recorded as the probe that checks the int8
+model against fp32 each time it is loaded (:mod:`model.backends`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,12 @@ import numpy as np
 from model.checkpoint import load_model
 from model.data import load
 from model.embedding import Embedder
-from model.quantization import GUARDED_METRICS, Int8Calibration, calibrate
+from model.quantization import GUARDED_METRICS, Int8Model, quantize
 from model.report import held_out_split
 from model.training import evaluate
 
 CALIBRATION_IMAGES = 512
+PROBE_IMAGES = 32
 
 
 def calibrate_model_dir(
@@ -32,9 +35,10 @@ def calibrate_model_dir(
     images: int = CALIBRATION_IMAGES,
     seed: int | None = None,
     val_fraction: float | None = None,
-) -> Int8Calibration:
+) -> Int8Model:
     """Calibrates on ``images`` random training-split images and measures int8 against fp32
-    on the validation split. Does not write anything; ``Int8Calibration.save`` does."""
+    on the validation split. Does not write anything; ``Int8Model.save`` does. Needs NNCF
+    (the ``quantize`` extra): ImportError otherwise."""
     net, card = load_model(model_dir)
     recipe = card.recipe or {}
     seed = int(recipe.get("seed", 0)) if seed is None else seed
@@ -51,8 +55,15 @@ def calibrate_model_dir(
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(gallery), min(images, len(gallery)), replace=False)
     calibration_images = gallery.images[np.sort(chosen)]  # a random part of the training split
-    ranges = calibrate(net, calibration_images)
-    draft = Int8Calibration(card.content_hash, ranges, len(calibration_images))
+    probe = [
+        str(val_samples[i].path) for i in sorted(rng.permutation(len(val_samples))[:PROBE_IMAGES])
+    ]
+    draft = Int8Model(
+        card.content_hash,
+        len(calibration_images),
+        probe=probe,
+        network=quantize(net, calibration_images),
+    )
 
     fp32 = evaluate(Embedder(net, card), queries, gallery, seed=seed)
     int8 = evaluate(Embedder(net, card, "openvino-int8", draft), queries, gallery, seed=seed)
@@ -67,4 +78,4 @@ def calibrate_model_dir(
         "int8": int8,
         "deltas": {name: int8[name] - fp32[name] for name in (*GUARDED_METRICS, "map_at_r")},
     }
-    return Int8Calibration(card.content_hash, ranges, len(calibration_images), quality)
+    return dataclasses.replace(draft, quality=quality)

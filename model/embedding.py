@@ -15,7 +15,7 @@ from model.checkpoint import ModelCard, load_model
 from model.config import ModelConfig
 from model.network import EmbeddingNet
 from model.preprocessing import prepare
-from model.quantization import CALIBRATION_FILE, Int8Calibration
+from model.quantization import MANIFEST_FILE, Int8Model, QuantizationError, probe_images
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Embedder:
         net: EmbeddingNet,
         card: ModelCard | None = None,
         backend: BackendChoice = "torch-fp32",
-        calibration: Int8Calibration | None = None,
+        int8: Int8Model | None = None,
         batch_size: int = 64,
         flip_tta: bool | None = None,
         selection_cache: Path | None = None,
@@ -44,10 +44,11 @@ class Embedder:
         self.card = card
         self.config: ModelConfig = net.config
         self.batch_size = batch_size
-        self.calibration = calibration
+        self.int8 = int8
         weights_hash = card.content_hash if card is not None else None
+        probe = probe_images(int8.probe, self.config) if int8 is not None else None
         self._forward, self.selection = select_backend(
-            self.net, backend, calibration, weights_hash, selection_cache
+            self.net, backend, int8, weights_hash, selection_cache, probe=probe
         )
         self.backend = self.selection.backend
 
@@ -59,17 +60,19 @@ class Embedder:
         flip_tta: bool | None = None,
         selection_cache: Path | None = None,
     ) -> Embedder:
-        """Loads weights, card and (if present and made for these weights) the int8
-        calibration, and builds ``backend`` (``auto``: the fastest measured here, remembered
-        in ``selection_cache`` if given)."""
+        """Loads weights, card and (if present, intact and made for these weights) the int8
+        model, and builds ``backend`` (``auto``: the fastest measured here, remembered in
+        ``selection_cache`` if given)."""
         net, card = load_model(model_dir)
-        calibration = Int8Calibration.load(model_dir)
-        if calibration is not None and calibration.model_hash != card.content_hash:
-            log.warning("ignoring %s: it was made for other weights", CALIBRATION_FILE)
-            calibration = None
-        return cls(
-            net, card, backend, calibration, flip_tta=flip_tta, selection_cache=selection_cache
-        )
+        try:
+            int8 = Int8Model.load(model_dir)
+        except QuantizationError as exc:
+            log.warning("ignoring the int8 model: %s", exc)
+            int8 = None
+        if int8 is not None and int8.model_hash != card.content_hash:
+            log.warning("ignoring %s: it was made for other weights", MANIFEST_FILE)
+            int8 = None
+        return cls(net, card, backend, int8, flip_tta=flip_tta, selection_cache=selection_cache)
 
     @property
     def dim(self) -> int:

@@ -1,31 +1,35 @@
-"""Post-training int8 quantisation for OpenVINO, calibrated on real training images.
+"""The int8 model: post-training quantisation with NNCF, shipped as an OpenVINO IR file.
 
-NNCF places int8 quantisers (FakeQuantize operations) in the converted network and sets
-each activation quantiser's range from statistics of real images. Those ranges are all the
-calibration produces, so they are what we keep: a small JSON file beside the model
-(``int8.json``) holding the ranges, the weights' content hash they belong to, and the
-measured quality of the int8 model against fp32 on the model's held-out split.
+``triplet-embed quantize`` (and a training job that calibrates its new model) places int8
+quantisers in the converted network with NNCF, sets their ranges from statistics of real
+training images, measures the int8 model against fp32 on the held-out split, and writes:
 
-Loading needs no images: the network is converted and quantised again on one blank input
-(quantiser placement depends only on the graph; weight ranges only on the weights), and the
-calibrated ranges then replace the blank input's, matched by position in the graph's
-topological order. Bias correction is switched off because it would adjust weights from the
-data, which the ranges alone could not reproduce.
+- ``int8.xml`` / ``int8.bin``: the quantised network as OpenVINO IR (int8 weights, fp32
+  where it stayed in float);
+- ``int8.json``: the manifest binding them to the weights (the card's content hash) and to
+  their own bytes (SHA-256 of both files), with the measured quality and the held-out
+  image files used to check the model each time it is loaded (:func:`probe_images`).
 
-The first convolution (which sees raw pixels) and the embedding layer stay in float32: on
-the default model, quantising them cost 0.007 of held-out precision@1; keeping them costs
-none measurable.
+Loading reads the IR directly: neither NNCF nor the calibration images are needed at run
+time (NNCF is the ``quantize`` extra). The first convolution (which sees raw pixels) and the
+embedding layer stay in float32: on the default model, quantising them cost 0.007 of
+held-out precision@1; keeping them costs none measurable. Bias correction is off so that
+the weights stay those of the card.
 
 An int8 model is only used automatically when its precision@1 and k-means purity on the
-validation split stay within :data:`QUALITY_TOLERANCE` of fp32.
+validation split stayed within :data:`QUALITY_TOLERANCE` of fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,28 +40,34 @@ import torch
 from model.checkpoint import atomic_write_bytes
 from model.config import ModelConfig
 from model.network import EmbeddingNet
-from model.preprocessing import normalize
+from model.preprocessing import ImageDecodeError, decode_image, normalize, prepare
 
 if TYPE_CHECKING:
     import openvino as ov
 
-CALIBRATION_FILE = "int8.json"
+MANIFEST_FILE = "int8.json"
+IR_FILES = ("int8.xml", "int8.bin")
 QUALITY_TOLERANCE = 0.005
 GUARDED_METRICS = ("precision_at_1", "purity")
 
 
 class QuantizationError(RuntimeError):
-    """The stored calibration does not fit this network."""
+    """The stored int8 model cannot be used: missing, damaged, or made for other weights."""
 
 
 @dataclass(frozen=True)
-class Int8Calibration:
-    """Activation ranges for one set of weights, and how the int8 model measured."""
+class Int8Model:
+    """The quantised network of one set of weights, and how it measured against fp32.
+
+    ``network`` is the OpenVINO model itself (read from the IR, or just calibrated);
+    ``ir_hash`` is empty until it has been saved."""
 
     model_hash: str
-    ranges: list[dict[str, Any]]
     images: int
     quality: dict[str, Any] = field(default_factory=dict)
+    probe: list[str] = field(default_factory=list)
+    ir_hash: str = ""
+    network: ov.Model | None = field(default=None, compare=False, repr=False)
 
     @property
     def passes(self) -> bool:
@@ -82,34 +92,87 @@ class Int8Calibration:
             "passes": self.passes,
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def manifest(self) -> dict[str, Any]:
         return {
             "model_hash": self.model_hash,
+            "ir_files": list(IR_FILES),
+            "ir_sha256": self.ir_hash,
             "images": self.images,
             "quality": self.quality,
-            "ranges": self.ranges,
+            "probe": self.probe,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Int8Calibration:
-        return cls(
-            model_hash=str(data["model_hash"]),
-            ranges=list(data["ranges"]),
-            images=int(data["images"]),
-            quality=dict(data.get("quality", {})),
+    def save(self, model_dir: Path) -> Int8Model:
+        """Writes the IR, then the manifest that names its hash (each file atomically; a
+        crash in between leaves a manifest whose hash the files do not match, which loading
+        refuses). Returns the saved model, with ``ir_hash`` set."""
+        import openvino as ov
+
+        if self.network is None:
+            raise QuantizationError("nothing to save: the int8 network is not in memory")
+        with tempfile.TemporaryDirectory(dir=model_dir, prefix=".int8-") as staging:
+            xml = Path(staging) / IR_FILES[0]
+            ov.save_model(self.network, xml, compress_to_fp16=False)
+            ir_hash = _ir_hash(Path(staging))
+            for name in IR_FILES:
+                os.replace(Path(staging) / name, model_dir / name)
+        saved = dataclasses.replace(self, ir_hash=ir_hash)
+        atomic_write_bytes(
+            model_dir / MANIFEST_FILE, json.dumps(saved.manifest(), indent=1).encode()
         )
-
-    def save(self, model_dir: Path) -> Path:
-        path = model_dir / CALIBRATION_FILE
-        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
-        return path
+        return saved
 
     @classmethod
-    def load(cls, model_dir: Path) -> Int8Calibration | None:
-        path = model_dir / CALIBRATION_FILE
+    def load(cls, model_dir: Path) -> Int8Model | None:
+        """The stored int8 model, or None if there is none; raises
+        :class:`QuantizationError` if its files are damaged or do not belong together."""
+        path = model_dir / MANIFEST_FILE
         if not path.exists():
             return None
-        return cls.from_dict(json.loads(path.read_text()))
+        import openvino as ov
+
+        try:
+            data = json.loads(path.read_text())
+            stored = cls(
+                model_hash=str(data["model_hash"]),
+                images=int(data["images"]),
+                quality=dict(data.get("quality", {})),
+                probe=[str(p) for p in data.get("probe", [])],
+                ir_hash=str(data["ir_sha256"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise QuantizationError(f"{MANIFEST_FILE} is unreadable: {exc}") from exc
+        try:
+            actual = _ir_hash(model_dir)
+        except OSError as exc:
+            raise QuantizationError(f"the int8 IR files are missing: {exc}") from exc
+        if actual != stored.ir_hash:
+            raise QuantizationError("the int8 IR files do not match their manifest's hash")
+        network = ov.Core().read_model(model_dir / IR_FILES[0])
+        return dataclasses.replace(stored, network=network)
+
+
+def _ir_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in IR_FILES:
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+def probe_images(paths: list[str], config: ModelConfig) -> torch.Tensor | None:
+    """The readable ones of ``paths`` (held-out image files recorded at calibration) as a
+    ``uint8`` batch at the model's input size, or None if fewer than half are readable
+    (the data set is not on this machine)."""
+    images = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+            images.append(prepare(decode_image(data, target_size=config.input_size), config))
+        except (OSError, ImageDecodeError):
+            continue
+    if not images or len(images) < len(paths) / 2:
+        return None
+    return torch.stack(images)
 
 
 class _Unnormalised(torch.nn.Module):
@@ -149,79 +212,30 @@ def _kept_in_float(model: ov.Model) -> list[str]:
     return [op.get_friendly_name() for op in (first_conv, *products)]
 
 
-def _quantize(model: ov.Model, batches: list[np.ndarray]) -> ov.Model:
+def quantize(net: EmbeddingNet, images: torch.Tensor, batch_size: int = 64) -> ov.Model:
+    """The int8 OpenVINO model of ``net``, calibrated on ``uint8`` ``(N, 3, S, S)`` real
+    images at the model's input size. Needs NNCF (the ``quantize`` extra): ImportError
+    otherwise."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
+    config: ModelConfig = net.config
+    batches = [
+        normalize(images[start : start + batch_size], config).numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    model = to_openvino(net)
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every ignored node
     # NNCF draws progress bars on standard output, which carries the CLI's JSON and the
     # training worker's events
     with contextlib.redirect_stdout(sys.stderr):
         return nncf.quantize(
             model,
-            nncf.Dataset(batches),
+            nncf.Dataset([np.asarray(b) for b in batches]),
             preset=nncf.QuantizationPreset.MIXED,
-            subset_size=len(batches),
+            subset_size=len(batches),  # dataset items: batches of images
             ignored_scope=nncf.IgnoredScope(names=_kept_in_float(model)),
             advanced_parameters=AdvancedQuantizationParameters(
                 disable_bias_correction=True, batchwise_statistics=True
             ),
         )
-
-
-def _activation_quantizers(model: ov.Model) -> list[Any]:
-    """FakeQuantize operations on activations, in topological order (weights are already
-    compressed to int8 constants by then and have no quantiser left)."""
-    return [
-        op
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "FakeQuantize"
-        and op.input_value(0).get_node().get_type_name() != "Constant"
-    ]
-
-
-def _range_inputs(op: Any) -> list[np.ndarray]:
-    """input_low, input_high, output_low, output_high of one FakeQuantize."""
-    return [np.asarray(op.input_value(i).get_node().get_data()) for i in range(1, 5)]
-
-
-def calibrate(
-    net: EmbeddingNet, images: torch.Tensor, batch_size: int = 64
-) -> list[dict[str, Any]]:
-    """Activation ranges from ``uint8`` ``(N, 3, S, S)`` real images at the model's input size."""
-    config: ModelConfig = net.config
-    batches = [
-        normalize(images[start : start + batch_size], config).numpy()
-        for start in range(0, len(images), batch_size)
-    ]
-    quantized = _quantize(to_openvino(net), batches)
-    return [
-        {"name": op.get_friendly_name(), "ranges": [r.tolist() for r in _range_inputs(op)]}
-        for op in _activation_quantizers(quantized)
-    ]
-
-
-def quantized_model(net: EmbeddingNet, ranges: list[dict[str, Any]]) -> ov.Model:
-    """The int8 OpenVINO model of ``net`` with calibrated ``ranges`` applied."""
-    import openvino.opset13 as ops
-
-    size = net.config.input_size
-    blank = np.zeros((1, 3, size, size), dtype=np.float32)
-    model = _quantize(to_openvino(net), [blank])
-    quantizers = _activation_quantizers(model)
-    if len(quantizers) != len(ranges):
-        raise QuantizationError(
-            f"calibration has {len(ranges)} quantisers, the network {len(quantizers)}"
-        )
-    for op, stored in zip(quantizers, ranges, strict=True):
-        for position, (current, values) in enumerate(
-            zip(_range_inputs(op), stored["ranges"], strict=True), start=1
-        ):
-            value = np.asarray(values, dtype=np.float32)
-            if value.size != current.size:
-                raise QuantizationError(f"range shapes differ at {stored['name']}")
-            op.input(position).replace_source_output(
-                ops.constant(value.reshape(current.shape)).output(0)
-            )
-    model.validate_nodes_and_infer_types()
-    return model

@@ -394,6 +394,54 @@ def _export_net(net: EmbeddingNet, ema: AveragedModel | None, bn_images: ImageSe
     return export
 
 
+@dataclass
+class TrainingSetup:
+    """The parts a run's steps use, built from its recipe. :func:`train` and
+    ``bench/train_throughput.py`` both build them here, so the benchmark times the steps a
+    training run takes."""
+
+    net: EmbeddingNet
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    ema: AveragedModel | None
+    sampler: PKSampler
+    augmentation: BatchAugmentation
+    schedule: Callable[[int], float]
+    repeats: torch.Tensor
+
+
+def build_training(recipe: TrainRecipe, images: ImageSet) -> TrainingSetup:
+    """Network (channels-last for bf16), losses, optimiser, weight average, P-K sampler,
+    augmentation and learning-rate schedule for training on ``images``."""
+    classes = images.classes
+    net = _build(recipe, classes)
+    if recipe.bf16:
+        net = net.to(memory_format=torch.channels_last)
+    objective = build_objective(recipe, classes)
+    params = list(net.parameters())
+    if objective.head is not None:
+        params += list(objective.head.parameters())
+    optimizer = build_optimizer(params, recipe)
+    ema = (
+        AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay))
+        if recipe.ema_decay is not None
+        else None
+    )
+    k = max(2, recipe.batch_size // min(recipe.classes_per_batch, len(classes)))
+    repeats = repeats_for(images, recipe)
+    sampler = PKSampler(
+        images.targets, recipe.classes_per_batch, k, seed=recipe.seed, repeats=repeats
+    )
+    total_steps = len(sampler) * recipe.epochs
+    warmup = max(1, round(recipe.warmup_epochs * len(sampler)))
+
+    def schedule(step: int) -> float:
+        return lr_at(step, total_steps, warmup, recipe.lr, recipe.schedule)
+
+    augmentation = build_augmentation(recipe.input_size, recipe.augmentation)
+    return TrainingSetup(net, objective, optimizer, ema, sampler, augmentation, schedule, repeats)
+
+
 def train(
     recipe: TrainRecipe,
     out_dir: Path,
@@ -422,36 +470,10 @@ def train(
             "classes": classes,
         }
     )
-    net = _build(recipe, classes)
-    if recipe.bf16:
-        net = net.to(memory_format=torch.channels_last)
-    objective = build_objective(recipe, classes)
-    params = list(net.parameters())
-    if objective.head is not None:
-        params += list(objective.head.parameters())
-    optimizer = build_optimizer(params, recipe)
-    ema = (
-        AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay))
-        if recipe.ema_decay is not None
-        else None
-    )
-    k = max(2, recipe.batch_size // min(recipe.classes_per_batch, len(classes)))
-    repeats = repeats_for(data.train, recipe)
-    sampler = PKSampler(
-        data.train.targets,
-        recipe.classes_per_batch,
-        k,
-        seed=recipe.seed,
-        repeats=repeats,
-    )
+    setup = build_training(recipe, data.train)
+    net, objective, optimizer, ema = setup.net, setup.objective, setup.optimizer, setup.ema
+    sampler, schedule, repeats = setup.sampler, setup.schedule, setup.repeats
     steps_per_epoch = len(sampler)
-    total_steps = steps_per_epoch * recipe.epochs
-    warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
-
-    def schedule(step: int) -> float:
-        return lr_at(step, total_steps, warmup, recipe.lr, recipe.schedule)
-
-    augmentation = build_augmentation(recipe.input_size, recipe.augmentation)
     state_dir = out_dir / STATE_DIR
     modules = _modules(net, objective, ema)
     first_epoch, step = 0, 0
@@ -484,7 +506,7 @@ def train(
             optimizer,
             data.train,
             sampler,
-            augmentation,
+            setup.augmentation,
             bf16=recipe.bf16,
             schedule=schedule,
             first_step=step,

@@ -66,7 +66,8 @@ def test_the_images_install_step_packages_model_and_page(tmp_path: Path) -> None
         capture_output=True,
     )
     assert (target / "model" / "default" / "model.safetensors").is_file()
-    assert (target / "model" / "default" / "int8.json").is_file()  # the int8 calibration
+    for name in ("int8.json", "int8.xml", "int8.bin"):  # the int8 model and its manifest
+        assert (target / "model" / "default" / name).is_file()
     assert (target / "app" / "ui" / "index.html").is_file()
     code = (
         "from app.settings import SHIPPED_MODEL_DIR; from model.checkpoint import load_model;"

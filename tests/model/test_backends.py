@@ -3,6 +3,8 @@ picks the fastest, remembers it and falls back as documented."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,8 @@ from model.backends import (
 from model.checkpoint import load_model
 from model.data import discover, load
 from model.embedding import Embedder
-from model.quantization import CALIBRATION_FILE, Int8Calibration
+from model.network import EmbeddingNet
+from model.quantization import MANIFEST_FILE, Int8Model, to_openvino
 from tests.conftest import DEFAULT_MODEL
 
 
@@ -58,7 +61,7 @@ def test_auto_takes_the_fastest_measured_candidate(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(backends, "_measured", {})
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni", "avx512_bf16"}))
     net, card = load_model(DEFAULT_MODEL)
-    calibration = Int8Calibration.load(DEFAULT_MODEL)
+    int8 = Int8Model.load(DEFAULT_MODEL)
     speeds = {"torch-fp32": 900.0}
 
     def fake_timer(forward: Forward, size: int) -> Callable[[], float]:
@@ -73,9 +76,9 @@ def test_auto_takes_the_fastest_measured_candidate(monkeypatch: pytest.MonkeyPat
         return built[backend]
 
     monkeypatch.setattr(backends, "build_forward", recording_build)
-    _, selection = select_backend(net, "auto", calibration, card.content_hash, timer=fake_timer)
+    _, selection = select_backend(net, "auto", int8, card.content_hash, timer=fake_timer)
     assert selection.backend == "torch-fp32" and selection.how == "measured"
-    assert set(selection.images_per_second) == set(candidate_backends(calibration))
+    assert set(selection.images_per_second) == set(candidate_backends(int8))
     assert selection.images_per_second["torch-fp32"] == 900.0
 
 
@@ -85,7 +88,7 @@ def test_auto_remembers_its_measurement_per_cpu_and_weights(
 ) -> None:
     monkeypatch.setattr(backends, "_measured", {})  # nothing measured in this process yet
     net, card = load_model(DEFAULT_MODEL)
-    calibration = Int8Calibration.load(DEFAULT_MODEL)
+    int8 = Int8Model.load(DEFAULT_MODEL)
     cache = tmp_path / "backend-selection.json"
     timed: list[int] = []
 
@@ -93,18 +96,16 @@ def test_auto_remembers_its_measurement_per_cpu_and_weights(
         timed.append(size)
         return lambda: float(len(timed))  # the last candidate built is "fastest"
 
-    _, first = select_backend(net, "auto", calibration, card.content_hash, cache, counting_timer)
+    _, first = select_backend(net, "auto", int8, card.content_hash, cache, counting_timer)
     assert first.how == "measured" and len(timed) == len(first.images_per_second) >= 2
     assert first.backend == max(first.images_per_second, key=first.images_per_second.get)  # type: ignore[arg-type]
     timed.clear()
-    _, again = select_backend(net, "auto", calibration, card.content_hash, cache, counting_timer)
+    _, again = select_backend(net, "auto", int8, card.content_hash, cache, counting_timer)
     assert again.how == "remembered" and again.backend == first.backend and timed == []
     monkeypatch.setattr(backends, "_measured", {})  # a new process: the file remembers
-    _, restarted = select_backend(
-        net, "auto", calibration, card.content_hash, cache, counting_timer
-    )
+    _, restarted = select_backend(net, "auto", int8, card.content_hash, cache, counting_timer)
     assert restarted.how == "remembered" and restarted.backend == first.backend and timed == []
-    _, other = select_backend(net, "auto", calibration, "f" * 64, cache, counting_timer)
+    _, other = select_backend(net, "auto", int8, "f" * 64, cache, counting_timer)
     assert other.how == "measured" and timed  # other weights: measured again
 
 
@@ -112,19 +113,16 @@ def test_the_measured_choice_is_the_fastest_here() -> None:
     embedder = Embedder.from_dir(DEFAULT_MODEL, "auto")
     rates = embedder.selection.images_per_second
     assert embedder.backend == max(rates, key=rates.get)  # type: ignore[arg-type]
-    assert "openvino-int8" in rates  # the shipped calibration passed: int8 is a candidate
+    assert "openvino-int8" in rates  # the shipped int8 model passed: it is a candidate
 
 
-def test_candidates_follow_the_calibration_and_what_the_cpu_computes_natively(
+def test_candidates_follow_the_int8_model_and_what_the_cpu_computes_natively(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    passed = Int8Calibration.load(DEFAULT_MODEL)
+    passed = Int8Model.load(DEFAULT_MODEL)
     assert passed is not None and passed.passes
-    failed = Int8Calibration(
-        passed.model_hash,
-        passed.ranges,
-        passed.images,
-        {"deltas": {"precision_at_1": -0.02, "purity": 0.0}},
+    failed = Int8Model(
+        passed.model_hash, passed.images, {"deltas": {"precision_at_1": -0.02, "purity": 0.0}}
     )
     assert not failed.passes
 
@@ -147,36 +145,37 @@ def test_candidates_follow_the_calibration_and_what_the_cpu_computes_natively(
     assert candidate_backends(passed) == ["torch-fp32"]
 
 
-@pytest.mark.slow
-def test_auto_falls_back_when_the_calibration_does_not_fit(
+def test_an_int8_model_that_disagrees_on_held_out_images_is_not_served(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The load check catches an int8 model that computes something else (here the IR of
+    an untrained network under the shipped manifest), as it would one that saturates on a
+    CPU without VNNI: ``auto`` falls back, an explicit request fails."""
     monkeypatch.setattr(backends, "_measured", {})
-    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
-    net, _ = load_model(DEFAULT_MODEL)
-    shipped = Int8Calibration.load(DEFAULT_MODEL)
+    net, card = load_model(DEFAULT_MODEL)
+    shipped = Int8Model.load(DEFAULT_MODEL)
     assert shipped is not None
-    broken = Int8Calibration(shipped.model_hash, shipped.ranges[:-1], 1, shipped.quality)
-    _, selection = select_backend(net, "auto", broken)
-    assert "quantisers" in selection.unavailable["openvino-int8"]
-    assert selection.backend in ("openvino-fp32", "torch-fp32")
-    with pytest.raises(BackendUnavailable, match="quantisers"):
-        select_backend(net, "openvino-int8", broken)
-    with pytest.raises(BackendUnavailable, match="calibration"):
+    wrong = dataclasses.replace(shipped, network=to_openvino(EmbeddingNet(net.config)))
+    embedder = Embedder(net, card, "auto", wrong)
+    assert embedder.backend != "openvino-int8"
+    assert (
+        "disagrees with fp32 on 32 held-out images"
+        in (embedder.selection.unavailable["openvino-int8"])
+    )
+    with pytest.raises(BackendUnavailable, match="disagrees"):
+        Embedder(net, card, "openvino-int8", wrong)
+    with pytest.raises(BackendUnavailable, match="int8 IR"):
         select_backend(net, "openvino-int8", None)
 
 
-def test_a_calibration_for_other_weights_is_ignored(tmp_path: Path) -> None:
+def test_an_int8_model_for_other_weights_is_ignored(tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir)
-    calibration = Int8Calibration.load(model_dir)
-    assert calibration is not None
-    Int8Calibration("0" * 64, calibration.ranges, calibration.images, calibration.quality).save(
-        model_dir
-    )
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+    (model_dir / MANIFEST_FILE).write_text(json.dumps({**manifest, "model_hash": "0" * 64}))
     embedder = Embedder.from_dir(model_dir, "auto")
-    assert embedder.calibration is None and embedder.backend != "openvino-int8"
-    (model_dir / CALIBRATION_FILE).unlink()
+    assert embedder.int8 is None and embedder.backend != "openvino-int8"
+    (model_dir / MANIFEST_FILE).unlink()
     assert Embedder.from_dir(model_dir, "auto").backend != "openvino-int8"
 
 

@@ -1,27 +1,31 @@
-"""int8 quantisation: the shipped calibration keeps the default model's held-out quality,
-and calibration round-trips through its JSON file."""
+"""The int8 model: the shipped IR keeps the default model's held-out quality, loads without
+NNCF, is bound to its weights and its own bytes, and calibration round-trips through it."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from model.calibration import calibrate_model_dir
+from model.calibration import PROBE_IMAGES, calibrate_model_dir
 from model.checkpoint import read_card
 from model.data import load
 from model.embedding import Embedder
 from model.quantization import (
-    CALIBRATION_FILE,
     GUARDED_METRICS,
+    IR_FILES,
+    MANIFEST_FILE,
     QUALITY_TOLERANCE,
-    Int8Calibration,
+    Int8Model,
+    QuantizationError,
 )
 from model.report import held_out_split
 from model.training import evaluate
-from tests.conftest import DEFAULT_MODEL
+from tests.conftest import DEFAULT_MODEL, ROOT
 
 
 @pytest.mark.slow
@@ -31,42 +35,93 @@ def test_shipped_int8_model_keeps_fp32_quality_on_the_validation_split(
     """Precision@1 and k-means purity on the default model's whole held-out split (both data
     sets, about a tenth of the images against the rest) stay within 0.005 of fp32."""
     card = read_card(DEFAULT_MODEL)
-    calibration = Int8Calibration.load(DEFAULT_MODEL)
-    assert calibration is not None and calibration.model_hash == card.content_hash
-    assert calibration.passes
+    int8 = Int8Model.load(DEFAULT_MODEL)
+    assert int8 is not None and int8.model_hash == card.content_hash
+    assert int8.passes
 
     train, val, names = held_out_split([cifar, photos], ["cat", "bird"], 0.1, 0)
     queries, gallery = load(val, 32, names), load(train, 32, names)
-    assert len(queries) == calibration.quality["queries"] == card.metrics["val_queries"]
+    assert len(queries) == int8.quality["queries"] == card.metrics["val_queries"]
     fp32 = evaluate(Embedder.from_dir(DEFAULT_MODEL, "torch-fp32"), queries, gallery)
-    int8 = evaluate(Embedder.from_dir(DEFAULT_MODEL, "openvino-int8"), queries, gallery)
+    int8_metrics = evaluate(Embedder.from_dir(DEFAULT_MODEL, "openvino-int8"), queries, gallery)
     for name in ("precision_at_1", "purity"):
-        assert abs(int8[name] - fp32[name]) <= QUALITY_TOLERANCE, (name, fp32[name], int8[name])
-    recorded = calibration.quality["fp32"]["precision_at_1"]
+        assert abs(int8_metrics[name] - fp32[name]) <= QUALITY_TOLERANCE, name
+    recorded = int8.quality["fp32"]["precision_at_1"]
     assert fp32["precision_at_1"] == pytest.approx(recorded, abs=1e-6)
+    # the probe that checks it at every load is held-out images, none of them trained on
+    held_out = {sample.path.resolve() for sample in val}
+    probe = {(ROOT / path).resolve() for path in int8.probe}  # relative to the repository
+    assert len(probe) == PROBE_IMAGES and probe <= held_out
+
+
+def test_the_shipped_int8_model_loads_without_nncf() -> None:
+    """Serving reads the IR: NNCF (the 'quantize' extra) is never imported."""
+    script = (
+        "import sys; from pathlib import Path; from model.embedding import Embedder; "
+        f"e = Embedder.from_dir(Path({str(DEFAULT_MODEL)!r}), 'openvino-int8'); "
+        "assert e.backend == 'openvino-int8', e.backend; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nncf', 'scipy')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_int8_model_is_checked_on_held_out_images_when_it_loads() -> None:
+    embedder = Embedder.from_dir(DEFAULT_MODEL, "openvino-int8")
+    assert embedder.selection.probe == f"{PROBE_IMAGES} held-out images"
+    assert embedder.selection.agreement["openvino-int8"] >= 0.99
+
+
+def test_damaged_or_mismatched_ir_files_are_refused(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    weights = model_dir / IR_FILES[1]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(QuantizationError, match="hash"):
+        Int8Model.load(model_dir)
+    embedder = Embedder.from_dir(model_dir, "auto")  # served, without int8
+    assert embedder.int8 is None and embedder.backend != "openvino-int8"
+
+    weights.unlink()
+    with pytest.raises(QuantizationError, match="missing"):
+        Int8Model.load(model_dir)
+    (model_dir / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(QuantizationError, match="unreadable"):
+        Int8Model.load(model_dir)
 
 
 @pytest.mark.slow
 def test_calibration_measures_and_round_trips(photos: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model_dir)
-    (model_dir / CALIBRATION_FILE).unlink()
-    calibration = calibrate_model_dir(model_dir, [photos], images=64)
+    for name in (MANIFEST_FILE, *IR_FILES):
+        (model_dir / name).unlink()
+    draft = calibrate_model_dir(model_dir, [photos], images=64)
     _, val, _ = held_out_split([photos], ["bird", "cat"], 0.1, 0)
-    assert calibration.images == 64 and calibration.quality["queries"] == len(val) > 50
-    assert set(calibration.quality["deltas"]) == {"precision_at_1", "purity", "map_at_r"}
-    calibration.save(model_dir)
-    again = Int8Calibration.load(model_dir)
-    assert again == calibration
-    stored = json.loads((model_dir / CALIBRATION_FILE).read_text())
+    assert draft.images == 64 and draft.quality["queries"] == len(val) > 50
+    assert set(draft.quality["deltas"]) == {"precision_at_1", "purity", "map_at_r"}
+    assert draft.ir_hash == "" and draft.network is not None
+    saved = draft.save(model_dir)
+    assert len(saved.ir_hash) == 64 and not list(model_dir.glob(".int8-*"))  # no staging left
+    again = Int8Model.load(model_dir)
+    assert again == saved and again is not None and again.network is not None
+    stored = json.loads((model_dir / MANIFEST_FILE).read_text())
     assert stored["model_hash"] == read_card(model_dir).content_hash
-    summary = calibration.summary()
+    assert stored["ir_sha256"] == saved.ir_hash and stored["probe"] == draft.probe
+    summary = saved.summary()
     assert summary["calibration_images"] == 64 and summary["queries"] == len(val)
     for name, delta in summary["deltas"].items():  # the summary reports what was measured
         assert delta == pytest.approx(summary["int8"][name] - summary["fp32"][name], abs=1e-9)
     within = all(abs(summary["deltas"][n]) <= QUALITY_TOLERANCE for n in GUARDED_METRICS)
     assert summary["passes"] is within
+    if within:  # the saved model is served as it was measured
+        assert Embedder.from_dir(model_dir, "openvino-int8").backend == "openvino-int8"
 
 
-def test_unmeasured_calibration_never_passes() -> None:
-    assert not Int8Calibration("h", [], 0).passes
+def test_unmeasured_int8_model_never_passes() -> None:
+    assert not Int8Model("h", 0).passes

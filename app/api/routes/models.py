@@ -25,7 +25,7 @@ ACTIVATION = {"$ref": "#/components/schemas/Activation"}
 def active_model(services: ServicesDep) -> ModelInfo:
     snapshot = services.runtime.snapshot
     config = snapshot.card.config
-    calibration = snapshot.embedder.calibration
+    int8 = snapshot.embedder.int8
     return ModelInfo(
         version=snapshot.version,
         backbone=config.backbone,
@@ -38,7 +38,7 @@ def active_model(services: ServicesDep) -> ModelInfo:
         backend=snapshot.embedder.backend,
         backend_selection=snapshot.embedder.selection.to_dict(),
         flip_tta=snapshot.embedder.flip_tta,
-        int8=calibration.summary() if calibration is not None else None,
+        int8=int8.summary() if int8 is not None else None,
         metrics=snapshot.card.metrics,
     )
 
