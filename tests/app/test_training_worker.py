@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +44,15 @@ def test_a_cancel_during_calibration_ends_the_job_cancelled(
     assert calls, "calibration never ran"
     assert code == training_worker.EXIT_CANCELLED
     assert events[-1] == "cancelled" and "finished" not in events
+
+
+def test_without_nncf_the_job_keeps_its_model_and_skips_int8(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NNCF is the 'quantize' extra: a service installed without it still trains; the new
+    model is then served by a float backend."""
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if the extra were not installed
+    recipe = TrainRecipe(data=[str(CIFAR)], classes=["bird", "cat"])
+    event = training_worker.quantize(tmp_path, recipe)
+    assert event == {"event": "int8", "skipped": "NNCF is not installed (the 'quantize' extra)"}
+    assert list(tmp_path.iterdir()) == []

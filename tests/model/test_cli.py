@@ -14,8 +14,13 @@ from tests.conftest import DEFAULT_MODEL
 @pytest.mark.parametrize(
     ("command", "module", "extra"),
     [
-        (["report", "--model", str(DEFAULT_MODEL), "--data", "."], "matplotlib", "report"),
-        (["export", "--model", str(DEFAULT_MODEL)], "onnx", "export"),
+        (
+            ["report", "--model", str(DEFAULT_MODEL), "--data", ".", "--out", "OUT"],
+            "matplotlib",
+            "report",
+        ),
+        (["export", "--model", str(DEFAULT_MODEL), "--out", "OUT"], "onnx", "export"),
+        (["quantize", "--model", "OUT", "--data", "."], "nncf", "quantize"),
     ],
 )
 def test_a_missing_extra_is_named(
@@ -28,7 +33,8 @@ def test_a_missing_extra_is_named(
 ) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
     monkeypatch.delitem(sys.modules, "model.export", raising=False)
-    assert main([*command, "--out", str(tmp_path / "out")]) == 2
+    command = [str(tmp_path / "out") if part == "OUT" else part for part in command]
+    assert main(command) == 2
     assert f"pip install 'triplet-embed[{extra}]'" in capsys.readouterr().err
 
 
