@@ -9,7 +9,10 @@ print:
 
 - ``/embed`` with 32 images per request, 1 and 4 clients: images/s, p50/p99, and the ratio
   to eager fp32;
+- the raw forward pass of the backend ``auto`` chose, in this process on batches of the same
+  32 real images (no HTTP, no decoding): the ceiling the served figure is compared with;
 - ``/embed`` with one image per request, 1 and 16 clients, batching on and off;
+- the same 32-image requests with 4 clients asking for ``.npy`` vectors;
 - the share of the batched throughput that 16 single-image clients get.
 """
 
@@ -19,13 +22,18 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2 as httpx
 
-from bench.common import free_port, start_server
-from bench.http_load import LoadResult, run_load
+from bench.common import ROOT, free_port, start_server
+from bench.http_load import CIFAR, LoadResult, run_load
+from model.data import Sample, load
+from model.embedding import Embedder
+
+DEFAULT_MODEL = ROOT / "model" / "default"
 
 SERVERS = {
     "eager fp32": {"EMBED_BACKEND": "torch-fp32"},
@@ -39,17 +47,25 @@ class Phase:
     server: str
     images_per_request: int
     clients: int
+    npy: bool = False  # vectors asked for as .npy instead of JSON
 
     @property
     def name(self) -> str:
-        return f"{self.server}, {self.images_per_request} img/request, {self.clients} clients"
+        answer = ", .npy" if self.npy else ""
+        return (
+            f"{self.server}, {self.images_per_request} img/request, {self.clients} clients{answer}"
+        )
 
+
+RAW = "raw forward pass"
 
 PHASES = [
+    Phase(RAW, 32, 1),
     Phase("eager fp32", 32, 1),
     Phase("auto", 32, 1),
     Phase("eager fp32", 32, 4),
     Phase("auto", 32, 4),
+    Phase("auto", 32, 4, npy=True),
     Phase("auto", 1, 1),
     Phase("auto, batching off", 1, 1),
     Phase("auto", 1, 16),
@@ -83,6 +99,31 @@ def median(samples: list[Measured]) -> Measured:
     )
 
 
+def raw_forward(backend: str) -> Callable[[float], Measured]:
+    """A timer of the shipped model's forward pass on ``backend`` in this process, on batches
+    of 32 real images as the served phases send them."""
+    embedder = Embedder.from_dir(DEFAULT_MODEL, backend)  # type: ignore[arg-type]
+    files = {label: sorted((CIFAR / label).iterdir())[:16] for label in ("cat", "bird")}
+    samples = [Sample(path, label) for label, paths in files.items() for path in paths]
+    batch = load(samples, embedder.config.input_size, ["bird", "cat"]).images
+
+    def timed(seconds: float) -> Measured:
+        latencies = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            begun = time.perf_counter()
+            embedder.embed_tensors(batch)
+            latencies.append(time.perf_counter() - begun)
+        elapsed = time.perf_counter() - start
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        return Measured(
+            len(latencies) * len(batch) / elapsed, latencies[len(latencies) // 2] * 1000, p99 * 1000
+        )
+
+    return timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)
@@ -97,13 +138,18 @@ def main() -> None:
                 data = Path(tmp) / name.replace(" ", "_").replace(",", "")
                 processes[name] = start_server(data, port, env=env, log_level="warning")
                 urls[name] = f"http://127.0.0.1:{port}"
+            backends = {}
             for name, url in urls.items():
-                backend = httpx.get(f"{url}/model", timeout=10).json()["backend"]
-                print(f"{name}: backend {backend}")
+                backends[name] = httpx.get(f"{url}/model", timeout=10).json()["backend"]
+                print(f"{name}: backend {backends[name]}")
+            raw_timer = raw_forward(backends["auto"])
             samples: dict[Phase, list[Measured]] = {phase: [] for phase in PHASES}
             for _ in range(args.rounds):
                 for phase in PHASES:
                     time.sleep(0.5)  # let the previous server's threads stop spinning
+                    if phase.server == RAW:
+                        samples[phase].append(raw_timer(args.seconds))
+                        continue
                     result = run_load(
                         urls[phase.server],
                         processes[phase.server].pid,
@@ -111,6 +157,7 @@ def main() -> None:
                         phase.clients,
                         mix={"embed": 1.0},
                         images_per_embed=phase.images_per_request,
+                        accept="application/x-npy" if phase.npy else "application/json",
                     )
                     samples[phase].append(measure(result, phase.images_per_request))
         finally:
@@ -134,7 +181,15 @@ def main() -> None:
     batched = max(
         results[Phase("auto", 32, 1)],
         results[Phase("auto", 32, 4)],
+        results[Phase("auto", 32, 4, npy=True)],
         key=lambda m: m.images_per_second,
+    )
+    raw = results[Phase(RAW, 32, 1)]
+    eager = results[Phase("eager fp32", 32, 4)]
+    print(
+        f"\nserved /embed, 32 images per request: {batched.images_per_second:.0f} images/s, "
+        f"{batched.images_per_second / eager.images_per_second:.2f}x eager fp32 served, "
+        f"{batched.images_per_second / raw.images_per_second:.2f} of the raw forward pass"
     )
     single = results[Phase("auto", 1, 16)]
     single_off = results[Phase("auto, batching off", 1, 16)]

@@ -75,8 +75,8 @@ def decode_with_format(
             image.draft("RGB", (target_size, target_size))
         image.load()  # GIF and WebP: the first frame only
         image_format = str(image.format)
-        upright: Image.Image = ImageOps.exif_transpose(image) or image
-        return _to_rgb(upright), image_format
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when nothing turns
+        return _to_rgb(image), image_format
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError("corrupt", f"unreadable image: {exc}") from exc
 

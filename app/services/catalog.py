@@ -71,19 +71,18 @@ class Catalog:
         labels: Sequence[str | None],
         metadata: Sequence[dict[str, Any]],
     ) -> list[ItemRecord]:
-        images = [u.image for u in uploads]
         snapshot = self.runtime.snapshot
         # Embedding and writing image files happen outside the lock, so that concurrent adds
         # share forward passes and flushes; images are content-addressed, so an early write
         # is harmless. Under the lock, `put` again only checks that the file is still there
         # (a concurrent delete of the last item with the same image removes it).
-        vectors = self.runtime.embed_images(snapshot.embedder, images)
+        vectors = self.runtime.embed_uploads(snapshot.embedder, uploads)
         for upload in uploads:
             self.images.put(upload.data, EXTENSIONS[upload.format])
         with self.write_lock:
             current = self.runtime.snapshot
             if current.embedder is not snapshot.embedder:  # a model was activated meanwhile
-                vectors = self.runtime.embed_images(current.embedder, images)
+                vectors = self.runtime.embed_uploads(current.embedder, uploads)
             snapshot = current
             stored = [(self.images.put(u.data, EXTENSIONS[u.format]), u) for u in uploads]
             new_items = [
@@ -146,7 +145,7 @@ class Catalog:
         snapshot = self.runtime.snapshot
         exclude: int | None = None
         if upload is not None:
-            query = self.runtime.embed_images(snapshot.embedder, [upload.image])
+            query = self.runtime.embed_uploads(snapshot.embedder, [upload])
         elif item_id is not None:
             # from the snapshot's own index, so the query and the index are of one model
             stored = snapshot.index.vector(item_id)

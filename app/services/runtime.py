@@ -40,10 +40,15 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class DecodedUpload:
+    """An upload decoded, and already prepared as the active model's input (``pixels``:
+    ``uint8`` ``(3, S, S)``) in the same decoding task; ``image`` stays for a model of
+    another input size (one activated meanwhile)."""
+
     filename: str
     data: bytes
     image: Image.Image
     format: str
+    pixels: torch.Tensor
 
 
 class Runtime:
@@ -90,8 +95,10 @@ class Runtime:
     def decode(self, files: Sequence[tuple[str, bytes]]) -> list[DecodedUpload]:
         """Decodes every upload (in parallel) or raises the error of the first bad one.
 
-        JPEGs are downscaled while decoding to no less than the active model's input size."""
-        input_size = self.snapshot.embedder.config.input_size
+        JPEGs are downscaled while decoding to no less than the active model's input size,
+        and each image is resized to that input in the same task."""
+        config = self.snapshot.embedder.config
+        input_size = config.input_size
 
         def one(item: tuple[str, bytes]) -> DecodedUpload:
             name, data = item
@@ -106,7 +113,7 @@ class Runtime:
                 if exc.reason == "too_large":
                     raise PayloadTooLarge(message) from exc
                 raise BadRequest(message) from exc
-            return DecodedUpload(name, data, image, fmt)
+            return DecodedUpload(name, data, image, fmt, prepare(image, config))
 
         return self._map(one, files)
 
@@ -115,6 +122,16 @@ class Runtime:
         if not tensors:
             return np.zeros((0, embedder.dim), dtype=np.float32)
         return self.embed_tensors(embedder, torch.stack(tensors))
+
+    def embed_uploads(self, embedder: Embedder, uploads: Sequence[DecodedUpload]) -> np.ndarray:
+        """The uploads' vectors, from the pixels prepared while decoding (or, for a model of
+        another input size, from the decoded images)."""
+        size = embedder.config.input_size
+        if any(upload.pixels.shape[-1] != size for upload in uploads):
+            return self.embed_images(embedder, [upload.image for upload in uploads])
+        if not uploads:
+            return np.zeros((0, embedder.dim), dtype=np.float32)
+        return self.embed_tensors(embedder, torch.stack([upload.pixels for upload in uploads]))
 
     def embed_tensors(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
         return self._batcher.embed(embedder, batch)

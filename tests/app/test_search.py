@@ -104,11 +104,3 @@ def test_bad_content(stocked: TestClient) -> None:
         "/search", files={"file": cifar_upload("cat", 0, 1)[0][1]}, data={"k": "x"}
     )
     assert bad_k.status_code == 422
-
-
-def test_embed_returns_unit_vectors(client: TestClient) -> None:
-    body = client.post("/embed", files=cifar_upload("bird", 0, 3)).json()
-    assert body["dim"] == 128 and len(body["embeddings"]) == 3
-    vector = body["embeddings"][0]["vector"]
-    assert sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-3)
-    assert client.post("/embed").status_code == 422

@@ -1,0 +1,61 @@
+"""``/embed``: JSON by default, ``.npy`` float32 on request, the same vectors either way."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.vectors import prefers_npy
+from tests.app.conftest import cifar_upload
+
+
+def test_embed_returns_unit_vectors(client: TestClient) -> None:
+    body = client.post("/embed", files=cifar_upload("bird", 0, 3)).json()
+    assert body["dim"] == 128 and len(body["embeddings"]) == 3
+    vector = body["embeddings"][0]["vector"]
+    assert sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-3)
+    assert client.post("/embed").status_code == 422
+
+
+def test_npy_answer_holds_the_json_answers_vectors(client: TestClient) -> None:
+    files = cifar_upload("cat", 0, 5)
+    as_json = client.post("/embed", files=files).json()
+    response = client.post("/embed", files=files, headers={"Accept": "application/x-npy"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-npy"
+    assert response.headers["x-model-version"] == as_json["model_version"]
+    assert response.headers["x-embedding-dim"] == "128"
+    vectors = np.load(io.BytesIO(response.content), allow_pickle=False)
+    assert vectors.dtype == np.float32 and vectors.shape == (5, 128)
+    expected = np.array([e["vector"] for e in as_json["embeddings"]], dtype=np.float32)
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)  # rows in upload order
+    # errors stay JSON whatever was asked for
+    bad = client.post(
+        "/embed",
+        files=[("files", ("x.jpg", b"not an image", "image/jpeg"))],
+        headers={"Accept": "application/x-npy"},
+    )
+    assert bad.status_code == 415 and "detail" in bad.json()
+
+
+@pytest.mark.parametrize(
+    ("accept", "npy"),
+    [
+        (None, False),
+        ("", False),
+        ("*/*", False),
+        ("application/json", False),
+        ("application/x-npy", True),
+        ("application/x-npy, */*", True),
+        ("application/json;q=0.5, application/x-npy", True),
+        ("application/x-npy;q=0.5, application/json", False),
+        ("application/x-npy;q=0", False),
+        ("application/x-npy;q=nonsense", False),
+        ("APPLICATION/X-NPY", True),
+    ],
+)
+def test_accept_header_negotiation(accept: str | None, npy: bool) -> None:
+    assert prefers_npy(accept) is npy
