@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def main() -> None:
     for _ in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp)
-            runs = {
+            runs: dict[str, Callable[[], float]] = {
                 "plain PyTorch load + one forward pass": plain_load,
                 "server, first start (auto measures)": partial(server_start, data / "a"),
                 "server, restart (auto remembers)": partial(server_start, data / "a"),
