@@ -6,7 +6,9 @@ from the model card), so the calibration images are training images and the qual
 uses only images the model never saw. Both fp32 and int8 are measured in the same way as
 the card's ``val_*`` metrics: held-out queries against the training gallery, then k-means
 on the queries. A few held-out image files are recorded as the probe that checks the int8
-model against fp32 each time it is loaded (:mod:`model.backends`).
+model against fp32 each time it is loaded (:mod:`model.backends`), with the lowest cosine
+similarity measured on them here: a CPU on which int8 computes differently shows up as a
+drop from it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from model.backends import agrees_with_fp32, build_forward
 from model.checkpoint import load_model
 from model.data import load
 from model.embedding import Embedder
-from model.quantization import GUARDED_METRICS, Int8Model, quantize
+from model.quantization import GUARDED_METRICS, Int8Model, probe_images, quantize
 from model.report import held_out_split
 from model.training import evaluate
 
@@ -58,12 +61,15 @@ def calibrate_model_dir(
     probe = [
         str(val_samples[i].path) for i in sorted(rng.permutation(len(val_samples))[:PROBE_IMAGES])
     ]
-    draft = Int8Model(
-        card.content_hash,
-        len(calibration_images),
-        probe=probe,
-        network=quantize(net, calibration_images),
+    network = quantize(net, calibration_images)
+    probe_batch = probe_images(probe, card.config)
+    if probe_batch is None:
+        raise ValueError("the held-out probe images could not be read")
+    unmeasured = Int8Model(card.content_hash, len(calibration_images), network=network)
+    probe_cosine = agrees_with_fp32(
+        net, build_forward(net, "openvino-int8", unmeasured), probe_batch
     )
+    draft = dataclasses.replace(unmeasured, probe=probe, probe_min_cosine=round(probe_cosine, 5))
 
     fp32 = evaluate(Embedder(net, card), queries, gallery, seed=seed)
     int8 = evaluate(Embedder(net, card, "openvino-int8", draft), queries, gallery, seed=seed)

@@ -8,7 +8,8 @@ training images, measures the int8 model against fp32 on the held-out split, and
   where it stayed in float);
 - ``int8.json``: the manifest binding them to the weights (the card's content hash) and to
   their own bytes (SHA-256 of both files), with the measured quality and the held-out
-  image files used to check the model each time it is loaded (:func:`probe_images`).
+  image files used to check the model each time it is loaded (:func:`probe_images`), with
+  the agreement with fp32 measured on them at calibration.
 
 Loading reads the IR directly: neither NNCF nor the calibration images are needed at run
 time (NNCF is the ``quantize`` extra). The first convolution (which sees raw pixels) and the
@@ -66,6 +67,7 @@ class Int8Model:
     images: int
     quality: dict[str, Any] = field(default_factory=dict)
     probe: list[str] = field(default_factory=list)
+    probe_min_cosine: float | None = None  # int8 against fp32 on ``probe``, when calibrated
     ir_hash: str = ""
     network: ov.Model | None = field(default=None, compare=False, repr=False)
 
@@ -100,6 +102,7 @@ class Int8Model:
             "images": self.images,
             "quality": self.quality,
             "probe": self.probe,
+            "probe_min_cosine": self.probe_min_cosine,
         }
 
     def save(self, model_dir: Path) -> Int8Model:
@@ -138,6 +141,7 @@ class Int8Model:
                 images=int(data["images"]),
                 quality=dict(data.get("quality", {})),
                 probe=[str(p) for p in data.get("probe", [])],
+                probe_min_cosine=data.get("probe_min_cosine"),
                 ir_hash=str(data["ir_sha256"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
