@@ -2,11 +2,14 @@
 
 Decoding is defensive because serving feeds it untrusted uploads: the format is decided by
 content against an allow-list, the pixel count is checked from the header before any pixel
-is decoded, and only the first frame of animated images is used.
+is decoded, and only the first frame of animated images is used. Phone photos come as HEIC
+(HEIF, decoded by ``pillow-heif``'s libheif, which also applies the container's rotation)
+and AVIF (Pillow's own); both are rotated upright from their EXIF orientation like JPEGs.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from torchvision.transforms import v2
 
 from model.config import ModelConfig
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "AVIF", "HEIF")
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
@@ -32,6 +35,14 @@ class ImageDecodeError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+@functools.cache
+def _register_heif() -> None:
+    """Teaches Pillow to open HEIF/HEIC (once, on the first decode rather than at import)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
 
 
 def decode_image(
@@ -51,6 +62,7 @@ def decode_with_format(
     """:func:`decode_image`, also returning the detected format (one of ``ALLOWED_FORMATS``)."""
     if not data:
         raise ImageDecodeError("corrupt", "empty file")
+    _register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pillow_heif
 import pytest
 from PIL import Image
 
@@ -56,6 +57,8 @@ def image_bytes(
     if mode == "CMYK":
         color = (10, 200, 30, 5)
     image = Image.new(mode, size, color)  # type: ignore[arg-type]
+    if fmt == "HEIF":
+        pillow_heif.register_heif_opener()  # Pillow writes HEIC through pillow-heif
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **save)
     return buffer.getvalue()

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from app.api.schemas import SearchQuery, TrainRequest
 from app.settings import Settings
 
-# BMP is accepted too; it is left out here because generated clients and test tools cannot
-# produce it from a media type
+# BMP, AVIF and HEIC are accepted too; they are left out here because generated clients and
+# test tools cannot produce them from a media type
 IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif"
 IMAGE_UPLOADS = {  # (path, multipart field) of every operation that takes image files
     ("/embed", "files"),

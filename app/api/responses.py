@@ -22,7 +22,7 @@ DESCRIPTIONS = {
     408: "the request body arrived too slowly",
     409: "conflicts with the current state (no items yet, a job or activation running, ...)",
     413: "request body or image too large",
-    415: "not an image, or a format outside JPEG/PNG/WebP/BMP/GIF",
+    415: "not an image, or a format outside JPEG/PNG/WebP/BMP/GIF/AVIF/HEIC",
     422: "the request does not match its schema",
     503: "starting up, shutting down, or too many uploads at once (see Retry-After)",
 }

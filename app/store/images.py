@@ -11,7 +11,15 @@ from pathlib import Path
 
 from model.checkpoint import atomic_write_bytes
 
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif"}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "BMP": "bmp",
+    "GIF": "gif",
+    "AVIF": "avif",
+    "HEIF": "heic",
+}
 
 
 class ImageStore:

@@ -102,3 +102,17 @@ def test_hostile_filenames_are_display_only(client: TestClient) -> None:
     files = [("files", ("../../etc/passwd.jpg", cifar_upload("cat", 1, 1)[0][1][1], "image/jpeg"))]
     created = client.post("/items", files=files, data={"labels": "cat"}).json()["items"][0]
     assert created["filename"] == "passwd.jpg"
+
+
+@pytest.mark.parametrize(("fmt", "media_type"), [("AVIF", "image/avif"), ("HEIF", "image/heic")])
+def test_phone_photo_formats_are_stored_and_served_back(
+    client: TestClient, fmt: str, media_type: str
+) -> None:
+    data = image_bytes(fmt, size=(64, 48))
+    response = client.post("/items", files={"files": ("phone.img", data)}, data={"labels": "cat"})
+    assert response.status_code == 201, response.text
+    item_id = response.json()["items"][0]["id"]
+    image = client.get(f"/items/{item_id}/image")
+    assert image.headers["content-type"] == media_type and image.content == data
+    vector = client.post("/embed", files={"files": ("phone.img", data)}).json()
+    assert len(vector["embeddings"][0]["vector"]) == 128

@@ -20,7 +20,7 @@ from model.preprocessing import (
 from tests.conftest import image_bytes
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "AVIF", "HEIF"])
 def test_allowed_formats_decode_to_rgb(fmt: str) -> None:
     image, detected = decode_with_format(image_bytes(fmt))
     assert image.mode == "RGB" and image.size == (40, 30) and detected == fmt
@@ -50,13 +50,37 @@ def test_transparent_palette_is_composited_on_white() -> None:
     assert decode_image(buffer.getvalue()).getpixel((0, 0)) == (255, 255, 255)
 
 
-def test_exif_rotation_is_applied() -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "AVIF", "HEIF"])
+def test_exif_rotation_is_applied(fmt: str) -> None:
     image = Image.new("RGB", (40, 20), (0, 0, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise
+    decode_image(image_bytes("PNG"))  # registers the HEIF writer as well as the reader
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif)
+    image.save(buffer, format=fmt, exif=exif.tobytes())
     assert decode_image(buffer.getvalue()).size == (20, 40)
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_a_phone_photo_comes_out_upright(fmt: str, photos: Path) -> None:
+    """A real photograph stored the way a phone stores it (pixels as the sensor saw them,
+    turned a quarter, and an EXIF orientation saying so) decodes to the upright picture."""
+    upright = decode_image(sorted((photos / "cat").iterdir())[0].read_bytes())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown after turning 90 degrees clockwise
+    buffer = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format=fmt, exif=exif.tobytes(), quality=90)
+    decoded, detected = decode_with_format(buffer.getvalue())
+    assert detected == fmt and decoded.size == upright.size
+    difference = np.abs(np.asarray(decoded, np.int16) - np.asarray(upright, np.int16))
+    assert difference.mean() < 6  # lossy, but the same picture the same way up
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_phone_formats_are_held_to_the_pixel_limit_before_decoding(fmt: str) -> None:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(image_bytes(fmt, size=(300, 300)), max_pixels=200 * 200)
+    assert info.value.reason == "too_large"
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,8 @@ IMAGE_TYPES = {
     "webp": "image/webp",
     "bmp": "image/bmp",
     "gif": "image/gif",
+    "avif": "image/avif",
+    "heic": "image/heic",
 }
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="item id")]
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN.pattern)]
