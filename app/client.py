@@ -123,8 +123,19 @@ class EmbedClient:
         body = self._call("POST", "/items", files=self._files(images), data=data)
         return [item["id"] for item in body["items"]]
 
-    def get_item(self, item_id: int) -> dict[str, Any]:
-        return dict(self._call("GET", f"/items/{item_id}"))
+    def get_item(self, item_id: int, include_vector: bool = False) -> dict[str, Any]:
+        params = {"include": "vector"} if include_vector else {}
+        return dict(self._call("GET", f"/items/{item_id}", params=params))
+
+    def export_vectors(self) -> np.ndarray:
+        """Every stored item's vector of the active model: a structured array with fields
+        ``id``, ``label`` and ``vector``, read from the streamed ``.npy`` export."""
+        with self._http.stream("GET", "/vectors", params={"format": "npy"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise EmbedServiceError(response.status_code, response.json().get("detail"))
+            data = b"".join(response.iter_bytes())
+        return np.load(io.BytesIO(data), allow_pickle=False)
 
     def list_items(
         self, label: str | None = None, limit: int = 50, offset: int = 0

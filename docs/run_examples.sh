@@ -31,6 +31,8 @@ run "curl -s -F files=@$D/cat/0002.jpg -F files=@$D/bird/0002.jpg -F labels=cat 
 run "curl -s -F file=@$D/cat/4999.jpg -F k=3 $H/search"
 run "curl -s -H 'content-type: application/json' -d '{\"id\": 1, \"k\": 2}' $H/search"
 run "curl -s -F files=@$D/bird/4999.jpg $H/embed | head -c 200"
+run "curl -s $H/vectors | head -c 200"
+run "curl -s -H 'accept: application/x-npy' -F files=@$D/bird/4999.jpg $H/embed | .venv/bin/python -c 'import io, sys, numpy; a = numpy.load(io.BytesIO(sys.stdin.buffer.read())); print(a.shape, a.dtype)'"
 run "curl -s -H 'content-type: application/json' -d '{\"k\": 2}' $H/cluster"
 run "curl -s '$H/items?label=cat&limit=10&offset=0'"
 run "curl -s $H/items/1"

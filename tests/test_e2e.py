@@ -88,6 +88,10 @@ def test_python_client(server: httpx.Client, tmp_path: Path) -> None:
         vector = client.embed([cats[0]])[0]
         array = client.embed_array([cats[0], birds[0]])  # the same vectors, sent as .npy
         assert array.shape == (2, 128) and abs(array[0] - vector).max() < 1e-6
+        exported = client.export_vectors()
+        assert exported["id"].tolist() == ids and exported["label"][0] == "cat"
+        stored = client.get_item(ids[0], include_vector=True)["vector"]
+        assert abs(exported["vector"][0] - stored).max() < 1e-6
         assert client.search_vector(vector, k=1)["neighbors"][0]["id"] == ids[0]
         assert len(client.search_item(ids[0], k=2)["neighbors"]) == 2
         assert client.search_image(birds[1], k=1)["neighbors"][0]["id"] == ids[4]

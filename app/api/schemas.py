@@ -151,6 +151,9 @@ class Item(ItemSummary):
     image_hash: str
     model_version: str
     created_at: str
+    vector: list[float] | None = Field(
+        default=None, description="the active model's vector, with include=vector"
+    )
 
 
 class ItemsCreated(BaseModel):

@@ -1,4 +1,5 @@
-"""Vectors as NumPy ``.npy`` bytes: the binary answer to ``Accept: application/x-npy``.
+"""Vectors out: NumPy ``.npy`` bytes (the binary answer to ``Accept: application/x-npy``), and
+the streamed export's two encodings, JSON lines and a ``.npy`` structured array.
 
 A 32-image ``/embed`` answer is 4,096 floats. As JSON that is about 90 kB of decimal text
 that the server formats and the caller parses back; as ``.npy`` it is 16 kB of float32 the
@@ -9,11 +10,18 @@ dtype in its header.
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Iterator
 
 import numpy as np
 from fastapi import Response
 
+from app.store.database import VectorPage
+
 NPY_MEDIA_TYPE = "application/x-npy"
+JSONL_MEDIA_TYPE = "application/x-ndjson"
+LABEL_CHARACTERS = 64  # the longest label (app.services.catalog.LABEL_PATTERN)
+
 JSON_COVERING = ("application/json", "application/*", "*/*")
 
 
@@ -51,3 +59,35 @@ def npy_response(vectors: np.ndarray, headers: dict[str, str]) -> Response:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(vectors, dtype="<f4"), allow_pickle=False)
     return Response(buffer.getvalue(), media_type=NPY_MEDIA_TYPE, headers=headers)
+
+
+def export_dtype(dim: int) -> np.dtype:
+    """One exported item: its id, its label ("" for none) and its vector."""
+    return np.dtype([("id", "<i8"), ("label", f"<U{LABEL_CHARACTERS}"), ("vector", "<f4", (dim,))])
+
+
+def npy_export(total: int, dim: int, pages: Iterator[VectorPage]) -> Iterator[bytes]:
+    """A ``.npy`` file of ``total`` :func:`export_dtype` records, written page by page (the
+    header states the count, so the database snapshot must hold exactly ``total``)."""
+    dtype = export_dtype(dim)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header,
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)},
+    )
+    yield header.getvalue()
+    for ids, labels, vectors in pages:
+        records = np.empty(len(ids), dtype=dtype)
+        records["id"], records["vector"] = ids, vectors
+        records["label"] = [label or "" for label in labels]
+        yield records.tobytes()
+
+
+def jsonl_export(pages: Iterator[VectorPage]) -> Iterator[bytes]:
+    """One JSON object per line: ``{"id", "label", "vector"}``."""
+    for ids, labels, vectors in pages:
+        lines = (
+            json.dumps({"id": int(item_id), "label": label, "vector": vector})
+            for item_id, label, vector in zip(ids, labels, vectors.tolist(), strict=True)
+        )
+        yield ("\n".join(lines) + "\n").encode()

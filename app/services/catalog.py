@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from app.errors import BadRequest, Conflict, NotFound
 from app.services.runtime import DecodedUpload, Runtime, Snapshot
-from app.store.database import Database, ItemRecord, NewItem
+from app.store.database import Database, ItemRecord, NewItem, VectorPage
 from app.store.images import EXTENSIONS, ImageStore
 from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
@@ -106,6 +106,24 @@ class Catalog:
         ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
         index = VectorIndex.build(snapshot.version, ids, vectors, policy)
         self.runtime.swap(replace(snapshot, index=index))
+
+    def export_vectors(
+        self, model_version: str | None
+    ) -> tuple[str, int, int, Iterator[VectorPage]]:
+        """The active model's version and vector length, how many items have a vector of
+        it, and those vectors in pages (one database snapshot). Only the active model's
+        vectors are kept, so any other version is a conflict (or unknown)."""
+        snapshot = self.runtime.snapshot
+        if model_version is not None and model_version != snapshot.version:
+            if self.db.model(model_version) is None:
+                raise NotFound(f"model version {model_version} not found")
+            raise Conflict(
+                f"vectors are kept for the active model ({snapshot.version}) only; "
+                f"activate {model_version} to export its vectors"
+            )
+        dim = snapshot.embedder.dim
+        total, pages = self.db.export_vectors(snapshot.version, dim)
+        return snapshot.version, dim, total, pages
 
     def get(self, item_id: int) -> ItemRecord:
         record = self.db.get_item(item_id)

@@ -109,8 +109,12 @@ def _blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
+VectorPage = tuple[np.ndarray, list[str | None], np.ndarray]  # ids, labels, vectors
+
+
 class Database:
     def __init__(self, path: Path) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
@@ -294,6 +298,50 @@ class Database:
                     "SELECT ?, id, ? FROM items WHERE id = ?",
                     (model_version, _blob(vector), int(item_id)),
                 )
+
+    def export_vectors(
+        self, model_version: str, dim: int, page: int = 1000
+    ) -> tuple[int, Iterator[VectorPage]]:
+        """The number of existing items with a vector of ``model_version``, and an iterator
+        over them in pages of ``(ids, labels, vectors)``, ascending by id.
+
+        Both read one snapshot: a read transaction on a connection of their own (WAL lets it
+        see the database as of its first read while writers carry on), so the count and the
+        pages agree whatever is added or deleted meanwhile. The iterator closes the
+        connection when it is exhausted or closed."""
+        conn = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,  # a streamed answer reads its pages from pool threads
+        )
+        conn.execute("BEGIN")
+        join = "FROM vectors v JOIN items i ON i.id = v.item_id WHERE v.model_version = ?"
+        try:
+            (total,) = conn.execute(f"SELECT count(*) {join}", (model_version,)).fetchone()
+        except BaseException:
+            conn.close()
+            raise
+
+        def pages() -> Iterator[VectorPage]:
+            try:
+                last = 0
+                while True:
+                    rows = conn.execute(
+                        f"SELECT v.item_id, i.label, v.vector {join} AND v.item_id > ? "
+                        "ORDER BY v.item_id LIMIT ?",
+                        (model_version, last, page),
+                    ).fetchall()
+                    if not rows:
+                        return
+                    ids = np.array([r[0] for r in rows], dtype=np.int64)
+                    vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
+                    yield ids, [r[1] for r in rows], vectors.reshape(len(rows), dim)
+                    last = int(ids[-1])
+            finally:
+                conn.close()
+
+        return int(total), pages()
 
     # --- models ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ def test_every_endpoint_of_the_design_is_documented() -> None:
         "/cluster": {"post"},
         "/train": {"get", "post"},
         "/train/{job_id}": {"get", "delete"},
+        "/vectors": {"get"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     for path, ops in paths.items():

@@ -69,7 +69,9 @@ def test_a_phone_photo_comes_out_upright(fmt: str, photos: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # shown after turning 90 degrees clockwise
     buffer = io.BytesIO()
-    upright.transpose(Image.Transpose.ROTATE_90).save(buffer, format=fmt, exif=exif.tobytes(), quality=90)
+    upright.transpose(Image.Transpose.ROTATE_90).save(
+        buffer, format=fmt, exif=exif.tobytes(), quality=90
+    )
     decoded, detected = decode_with_format(buffer.getvalue())
     assert detected == fmt and decoded.size == upright.size
     difference = np.abs(np.asarray(decoded, np.int16) - np.asarray(upright, np.int16))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
 from fastapi.responses import FileResponse
@@ -117,9 +117,20 @@ async def list_items(
 
 
 @router.get("/{item_id}", response_model=Item, summary="Read one item", responses=errors(404, 422))
-async def get_item(item_id: ItemId, services: ServicesDep) -> Item:
+async def get_item(
+    item_id: ItemId,
+    services: ServicesDep,
+    include: Annotated[
+        Literal["vector"] | None, Query(description="`vector`: add the active model's vector")
+    ] = None,
+) -> Item:
+    snapshot = services.runtime.snapshot
     record = await run_in_threadpool(services.catalog.get, item_id)
-    return to_item(record, services.runtime.snapshot.version)
+    item = to_item(record, snapshot.version)
+    if include == "vector":
+        vector = await run_in_threadpool(snapshot.index.vector, item_id)
+        item.vector = vector.tolist() if vector is not None else None
+    return item
 
 
 @router.get(
