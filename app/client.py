@@ -114,16 +114,36 @@ class EmbedClient:
         images: list[Path],
         labels: list[str] | None = None,
         metadata: dict[str, Any] | list[dict[str, Any]] | None = None,
+        external_ids: list[str] | None = None,
     ) -> list[int]:
         data: dict[str, Any] = {}
         if labels:
             data["labels"] = labels
+        if external_ids:
+            data["external_ids"] = external_ids
         if metadata is not None:
             data["metadata"] = json.dumps(metadata)
         body = self._call("POST", "/items", files=self._files(images), data=data)
         return [item["id"] for item in body["items"]]
 
-    def get_item(self, item_id: int, include_vector: bool = False) -> dict[str, Any]:
+    def put_item(
+        self,
+        external_id: str,
+        image: Path,
+        label: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Creates or replaces the item with your own id ``external_id``; a retry of the
+        same call leaves the same one item."""
+        data: dict[str, str] = {}
+        if label is not None:
+            data["label"] = label
+        if metadata is not None:
+            data["metadata"] = json.dumps(metadata)
+        files = self._files([image], field="file")
+        return dict(self._call("PUT", f"/items/{external_id}", files=files, data=data))
+
+    def get_item(self, item_id: int | str, include_vector: bool = False) -> dict[str, Any]:
         params = {"include": "vector"} if include_vector else {}
         return dict(self._call("GET", f"/items/{item_id}", params=params))
 
@@ -145,7 +165,7 @@ class EmbedClient:
             params["label"] = label
         return dict(self._call("GET", "/items", params=params))
 
-    def delete_item(self, item_id: int) -> None:
+    def delete_item(self, item_id: int | str) -> None:
         self._call("DELETE", f"/items/{item_id}")
 
     def search_image(self, image: Path, k: int = 10, label: str | None = None) -> dict[str, Any]:

@@ -90,6 +90,11 @@ def test_python_client(server: httpx.Client, tmp_path: Path) -> None:
         assert array.shape == (2, 128) and abs(array[0] - vector).max() < 1e-6
         exported = client.export_vectors()
         assert exported["id"].tolist() == ids and exported["label"][0] == "cat"
+        created = client.put_item("photo-1", birds[2], label="bird", metadata={"v": 1})
+        replaced = client.put_item("photo-1", cats[2], label="cat")  # same id, new content
+        assert replaced["id"] == created["id"] and replaced["metadata"] == {}
+        assert client.get_item("photo-1")["label"] == "cat"
+        client.delete_item("photo-1")
         stored = client.get_item(ids[0], include_vector=True)["vector"]
         assert abs(exported["vector"][0] - stored).max() < 1e-6
         assert client.search_vector(vector, k=1)["neighbors"][0]["id"] == ids[0]

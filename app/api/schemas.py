@@ -142,6 +142,7 @@ class EmbedResponse(BaseModel):
 
 class ItemSummary(BaseModel):
     id: int
+    external_id: str | None = Field(description="the caller's own id, if it gave one")
     label: str | None
     filename: str
 

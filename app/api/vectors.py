@@ -21,6 +21,7 @@ from app.store.database import VectorPage
 NPY_MEDIA_TYPE = "application/x-npy"
 JSONL_MEDIA_TYPE = "application/x-ndjson"
 LABEL_CHARACTERS = 64  # the longest label (app.services.catalog.LABEL_PATTERN)
+EXTERNAL_ID_CHARACTERS = 128  # the longest external id (app.services.catalog.EXTERNAL_ID_PATTERN)
 
 JSON_COVERING = ("application/json", "application/*", "*/*")
 
@@ -62,8 +63,15 @@ def npy_response(vectors: np.ndarray, headers: dict[str, str]) -> Response:
 
 
 def export_dtype(dim: int) -> np.dtype:
-    """One exported item: its id, its label ("" for none) and its vector."""
-    return np.dtype([("id", "<i8"), ("label", f"<U{LABEL_CHARACTERS}"), ("vector", "<f4", (dim,))])
+    """One exported item: its id, its external id and label ("" for none) and its vector."""
+    return np.dtype(
+        [
+            ("id", "<i8"),
+            ("external_id", f"<U{EXTERNAL_ID_CHARACTERS}"),
+            ("label", f"<U{LABEL_CHARACTERS}"),
+            ("vector", "<f4", (dim,)),
+        ]
+    )
 
 
 def npy_export(total: int, dim: int, pages: Iterator[VectorPage]) -> Iterator[bytes]:
@@ -76,18 +84,21 @@ def npy_export(total: int, dim: int, pages: Iterator[VectorPage]) -> Iterator[by
         {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total,)},
     )
     yield header.getvalue()
-    for ids, labels, vectors in pages:
+    for ids, external_ids, labels, vectors in pages:
         records = np.empty(len(ids), dtype=dtype)
         records["id"], records["vector"] = ids, vectors
+        records["external_id"] = [external_id or "" for external_id in external_ids]
         records["label"] = [label or "" for label in labels]
         yield records.tobytes()
 
 
 def jsonl_export(pages: Iterator[VectorPage]) -> Iterator[bytes]:
-    """One JSON object per line: ``{"id", "label", "vector"}``."""
-    for ids, labels, vectors in pages:
+    """One JSON object per line: ``{"id", "external_id", "label", "vector"}``."""
+    for ids, external_ids, labels, vectors in pages:
         lines = (
-            json.dumps({"id": int(item_id), "label": label, "vector": vector})
-            for item_id, label, vector in zip(ids, labels, vectors.tolist(), strict=True)
+            json.dumps({"id": int(i), "external_id": external, "label": label, "vector": vector})
+            for i, external, label, vector in zip(
+                ids, external_ids, labels, vectors.tolist(), strict=True
+            )
         )
         yield ("\n".join(lines) + "\n").encode()

@@ -13,13 +13,18 @@ import numpy as np
 
 from app.errors import BadRequest, Conflict, NotFound
 from app.services.runtime import DecodedUpload, Runtime, Snapshot
-from app.store.database import Database, ItemRecord, NewItem, VectorPage
+from app.store.database import Database, ExternalIdTaken, ItemRecord, NewItem, VectorPage
 from app.store.images import EXTENSIONS, ImageStore
 from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
 from model.metrics import clustering_metrics, silhouette
 
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+# A caller's own id for an item: letters, digits and ._~:@+=- (so it is safe in a URL path
+# segment and never a path of its own), starting with a letter or digit, at most 128
+# characters, and not only digits, so that /items/{id} can never mistake it for an item id.
+EXTERNAL_ID_PATTERN = re.compile(r"^([A-Za-z]|[0-9]+[A-Za-z._~:@+=-])[A-Za-z0-9._~:@+=-]*$")
+EXTERNAL_ID_MAX = 128
 MAX_METADATA_BYTES = 16_384
 SPARE_RESULTS = 8
 ASSIGN_CHUNK = 20_000  # vectors read and assigned to a centroid at a time
@@ -70,32 +75,92 @@ class Catalog:
         uploads: Sequence[DecodedUpload],
         labels: Sequence[str | None],
         metadata: Sequence[dict[str, Any]],
+        external_ids: Sequence[str | None] | None = None,
     ) -> list[ItemRecord]:
-        snapshot = self.runtime.snapshot
-        # Embedding and writing image files happen outside the lock, so that concurrent adds
-        # share forward passes and flushes; images are content-addressed, so an early write
-        # is harmless. Under the lock, `put` again only checks that the file is still there
-        # (a concurrent delete of the last item with the same image removes it).
-        vectors = self.runtime.embed_uploads(snapshot.embedder, uploads)
-        for upload in uploads:
-            self.images.put(upload.data, EXTENSIONS[upload.format])
+        """Stores new items; an external id already in use is a conflict (nothing is
+        stored): ``put`` replaces."""
+        external_ids = external_ids or [None] * len(uploads)
+        early = self._embed(uploads)
         with self.write_lock:
-            current = self.runtime.snapshot
-            if current.embedder is not snapshot.embedder:  # a model was activated meanwhile
-                vectors = self.runtime.embed_uploads(current.embedder, uploads)
-            snapshot = current
-            stored = [(self.images.put(u.data, EXTENSIONS[u.format]), u) for u in uploads]
+            snapshot, vectors, hashes = self._settle(uploads, early)
             new_items = [
-                NewItem(label, meta, upload.filename, image_hash, EXTENSIONS[upload.format], vector)
-                for (image_hash, upload), label, meta, vector in zip(
-                    stored, labels, metadata, vectors, strict=True
+                NewItem(label, meta, u.filename, image_hash, EXTENSIONS[u.format], vector, ext)
+                for u, image_hash, label, meta, vector, ext in zip(
+                    uploads, hashes, labels, metadata, vectors, external_ids, strict=True
                 )
             ]
-            ids = self.db.add_items(new_items, snapshot.version)
+            try:
+                ids = self.db.add_items(new_items, snapshot.version)
+            except ExternalIdTaken as exc:
+                self._remove_unused(uploads, hashes)
+                raise Conflict(
+                    f"external id {exc.external_id!r} is taken; PUT /items/{{external_id}} "
+                    "replaces that item"
+                ) from exc
             snapshot.index.add(np.array(ids, dtype=np.int64), vectors)
             self._fit_index(snapshot)
         records = self.db.get_items(ids)
         return [records[i] for i in ids]
+
+    def put(
+        self, item: int | str, upload: DecodedUpload, label: str | None, metadata: dict[str, Any]
+    ) -> tuple[ItemRecord, bool]:
+        """Replaces the image, label and metadata of the item with this item id (an int) or
+        external id (a str), keeping its ids, or creates the item with that external id;
+        returns it and whether it was created."""
+        early = self._embed([upload])
+        with self.write_lock:
+            snapshot, vectors, (image_hash,) = self._settle([upload], early)
+            ext = EXTENSIONS[upload.format]
+            external_id = item if isinstance(item, str) else None
+            new = NewItem(
+                label, metadata, upload.filename, image_hash, ext, vectors[0], external_id
+            )
+            if isinstance(item, int):
+                existing: ItemRecord | None = self.get(item)  # an item id: it must exist
+            else:
+                existing = self.db.item_by_external_id(item)
+            if existing is None:
+                (item_id,) = self.db.add_items([new], snapshot.version)
+                snapshot.index.add(np.array([item_id], dtype=np.int64), vectors)
+                self._fit_index(snapshot)
+                return self.get(item_id), True
+            record = self.db.replace_item(existing.id, new, snapshot.version)
+            ids = np.array([existing.id], dtype=np.int64)
+            snapshot.index.remove(ids)
+            snapshot.index.add(ids, vectors)
+            if not self.db.image_in_use(existing.image_hash):
+                self.images.remove(existing.image_hash, existing.image_ext)
+        return record, False
+
+    def _embed(self, uploads: Sequence[DecodedUpload]) -> tuple[Snapshot, np.ndarray]:
+        """Embeds uploads and writes their image files, outside the write lock, so that
+        concurrent writes share forward passes and flushes (images are content-addressed:
+        an early write is harmless)."""
+        snapshot = self.runtime.snapshot
+        vectors = self.runtime.embed_uploads(snapshot.embedder, uploads)
+        for upload in uploads:
+            self.images.put(upload.data, EXTENSIONS[upload.format])
+        return snapshot, vectors
+
+    def _settle(
+        self, uploads: Sequence[DecodedUpload], early: tuple[Snapshot, np.ndarray]
+    ) -> tuple[Snapshot, np.ndarray, list[str]]:
+        """Under the write lock: the current snapshot, the uploads' vectors of its model
+        (embedded again if a model was activated since :meth:`_embed`) and their image
+        hashes (``put`` again only checks that a file is still there: a concurrent delete
+        of the last item with the same image removes it)."""
+        snapshot, vectors = early
+        current = self.runtime.snapshot
+        if current.embedder is not snapshot.embedder:
+            vectors = self.runtime.embed_uploads(current.embedder, uploads)
+        hashes = [self.images.put(u.data, EXTENSIONS[u.format]) for u in uploads]
+        return current, vectors, hashes
+
+    def _remove_unused(self, uploads: Sequence[DecodedUpload], hashes: Sequence[str]) -> None:
+        for upload, image_hash in zip(uploads, hashes, strict=True):
+            if not self.db.image_in_use(image_hash):
+                self.images.remove(image_hash, EXTENSIONS[upload.format])
 
     def _fit_index(self, snapshot: Snapshot) -> None:
         """Rebuilds the index when the item count moves into another kind's range (exact
@@ -125,20 +190,26 @@ class Catalog:
         total, pages = self.db.export_vectors(snapshot.version, dim)
         return snapshot.version, dim, total, pages
 
-    def get(self, item_id: int) -> ItemRecord:
-        record = self.db.get_item(item_id)
+    def get(self, item: int | str) -> ItemRecord:
+        """The item with this item id (an int) or external id (a str)."""
+        if isinstance(item, str):
+            record = self.db.item_by_external_id(item)
+        else:
+            record = self.db.get_item(item)
         if record is None:
-            raise NotFound(f"item {item_id} not found")
+            raise NotFound(f"item {item!r} not found")
         return record
 
     def list(self, label: str | None, limit: int, offset: int) -> tuple[list[ItemRecord], int]:
         return self.db.list_items(label, limit, offset)
 
-    def delete(self, item_id: int) -> ItemRecord:
+    def delete(self, item: int | str) -> ItemRecord:
+        """Deletes the item with this item id (an int) or external id (a str)."""
         with self.write_lock:
+            item_id = self.get(item).id
             record = self.db.delete_item(item_id)
             if record is None:
-                raise NotFound(f"item {item_id} not found")
+                raise NotFound(f"item {item!r} not found")
             snapshot = self.runtime.snapshot
             snapshot.index.remove(np.array([item_id], dtype=np.int64))
             self._fit_index(snapshot)

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS items (
     filename TEXT NOT NULL,
     image_hash TEXT NOT NULL,
     image_ext TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    external_id TEXT
 );
 CREATE INDEX IF NOT EXISTS items_label ON items(label);
 CREATE TABLE IF NOT EXISTS vectors (
@@ -81,6 +82,7 @@ class ItemRecord:
     image_hash: str
     image_ext: str
     created_at: str
+    external_id: str | None = None
 
 
 @dataclass
@@ -91,6 +93,15 @@ class NewItem:
     image_hash: str
     image_ext: str
     vector: np.ndarray
+    external_id: str | None = None
+
+
+class ExternalIdTaken(Exception):
+    """An item with this external id exists already."""
+
+    def __init__(self, external_id: str) -> None:
+        super().__init__(external_id)
+        self.external_id = external_id
 
 
 def _item(row: sqlite3.Row) -> ItemRecord:
@@ -102,6 +113,7 @@ def _item(row: sqlite3.Row) -> ItemRecord:
         image_hash=row["image_hash"],
         image_ext=row["image_ext"],
         created_at=row["created_at"],
+        external_id=row["external_id"],
     )
 
 
@@ -109,7 +121,8 @@ def _blob(vector: np.ndarray) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
-VectorPage = tuple[np.ndarray, list[str | None], np.ndarray]  # ids, labels, vectors
+# ids, external ids, labels, vectors
+VectorPage = tuple[np.ndarray, list[str | None], list[str | None], np.ndarray]
 
 
 class Database:
@@ -124,6 +137,16 @@ class Database:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Brings a database made by an earlier version up to :data:`SCHEMA`."""
+        columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(items)")}
+        if "external_id" not in columns:  # caller-chosen ids came later
+            self._conn.execute("ALTER TABLE items ADD COLUMN external_id TEXT")
+        self._conn.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS items_external_id ON items(external_id)"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -165,24 +188,28 @@ class Database:
     # --- items -----------------------------------------------------------------------------
 
     def add_items(self, items: Sequence[NewItem], model_version: str) -> list[int]:
-        """Inserts items and their vectors for ``model_version`` in one transaction."""
+        """Inserts items and their vectors for ``model_version`` in one transaction; raises
+        :class:`ExternalIdTaken` (and inserts nothing) if an external id is in use."""
         ids: list[int] = []
         created = now()
         with self.transaction() as conn:
             for item in items:
-                cursor = conn.execute(
-                    "INSERT INTO items"
-                    "(label, metadata, filename, image_hash, image_ext, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        item.label,
-                        json.dumps(item.metadata),
-                        item.filename,
-                        item.image_hash,
-                        item.image_ext,
-                        created,
-                    ),
-                )
+                try:
+                    cursor = conn.execute(
+                        "INSERT INTO items(label, metadata, filename, image_hash, image_ext,"
+                        " created_at, external_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            item.label,
+                            json.dumps(item.metadata),
+                            item.filename,
+                            item.image_hash,
+                            item.image_ext,
+                            created,
+                            item.external_id,
+                        ),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise ExternalIdTaken(str(item.external_id)) from exc
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
                 conn.execute(
@@ -195,6 +222,36 @@ class Database:
     def get_item(self, item_id: int) -> ItemRecord | None:
         rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))
         return _item(rows[0]) if rows else None
+
+    def item_by_external_id(self, external_id: str) -> ItemRecord | None:
+        rows = self._query("SELECT * FROM items WHERE external_id = ?", (external_id,))
+        return _item(rows[0]) if rows else None
+
+    def replace_item(self, item_id: int, item: NewItem, model_version: str) -> ItemRecord:
+        """Gives an existing item a new image, label, metadata and ``model_version`` vector,
+        keeping its ids and creation time. Its vectors of other versions (a model being
+        activated) are dropped, so that the activation embeds the new image."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE items SET label = ?, metadata = ?, filename = ?, image_hash = ?,"
+                " image_ext = ? WHERE id = ?",
+                (
+                    item.label,
+                    json.dumps(item.metadata),
+                    item.filename,
+                    item.image_hash,
+                    item.image_ext,
+                    item_id,
+                ),
+            )
+            conn.execute("DELETE FROM vectors WHERE item_id = ?", (item_id,))
+            conn.execute(
+                "INSERT INTO vectors(model_version, item_id, vector) VALUES (?, ?, ?)",
+                (model_version, item_id, _blob(item.vector)),
+            )
+            self._bump_generation(conn)
+            row = conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
+        return _item(row)
 
     def get_items(self, ids: Sequence[int]) -> dict[int, ItemRecord]:
         found: dict[int, ItemRecord] = {}
@@ -303,7 +360,7 @@ class Database:
         self, model_version: str, dim: int, page: int = 1000
     ) -> tuple[int, Iterator[VectorPage]]:
         """The number of existing items with a vector of ``model_version``, and an iterator
-        over them in pages of ``(ids, labels, vectors)``, ascending by id.
+        over them in pages of ``(ids, external ids, labels, vectors)``, ascending by id.
 
         Both read one snapshot: a read transaction on a connection of their own (WAL lets it
         see the database as of its first read while writers carry on), so the count and the
@@ -328,15 +385,17 @@ class Database:
                 last = 0
                 while True:
                     rows = conn.execute(
-                        f"SELECT v.item_id, i.label, v.vector {join} AND v.item_id > ? "
+                        f"SELECT v.item_id, i.external_id, i.label, v.vector {join} "
+                        "AND v.item_id > ? "
                         "ORDER BY v.item_id LIMIT ?",
                         (model_version, last, page),
                     ).fetchall()
                     if not rows:
                         return
                     ids = np.array([r[0] for r in rows], dtype=np.int64)
-                    vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
-                    yield ids, [r[1] for r in rows], vectors.reshape(len(rows), dim)
+                    vectors = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32)
+                    external_ids, labels = [r[1] for r in rows], [r[2] for r in rows]
+                    yield ids, external_ids, labels, vectors.reshape(len(rows), dim)
                     last = int(ids[-1])
             finally:
                 conn.close()

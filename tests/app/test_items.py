@@ -94,7 +94,9 @@ def test_limits(client: TestClient) -> None:
 def test_list_parameters_are_validated(client: TestClient) -> None:
     assert client.get("/items", params={"limit": 0}).status_code == 422
     assert client.get("/items", params={"offset": -1}).status_code == 422
-    assert client.get("/items/abc").status_code == 422
+    assert client.get("/items/0").status_code == 422  # neither an item id nor an external id
+    assert client.get("/items/-1").status_code == 422
+    assert client.get("/items/abc").status_code == 404  # an external id nobody gave
 
 
 def test_hostile_filenames_are_display_only(client: TestClient) -> None:

@@ -23,7 +23,7 @@ def test_every_endpoint_of_the_design_is_documented() -> None:
         "/models/{version}/activate": {"post"},
         "/embed": {"post"},
         "/items": {"get", "post"},
-        "/items/{item_id}": {"get", "delete"},
+        "/items/{item_id}": {"get", "put", "delete"},
         "/items/{item_id}/image": {"get"},
         "/ui": {"get"},
         "/search": {"post"},
@@ -52,7 +52,7 @@ def test_every_reference_resolves() -> None:
 def test_405_lists_every_method_the_path_serves(client: TestClient) -> None:
     for path, methods in (
         ("/items", "GET, POST"),
-        ("/items/1", "DELETE, GET"),
+        ("/items/1", "DELETE, GET, PUT"),
         ("/train", "GET, POST"),
     ):
         response = client.request("OPTIONS", path)

@@ -55,7 +55,8 @@ def test_export_as_json_lines_and_as_npy_hold_the_same_vectors(client: TestClien
 def test_an_empty_store_exports_nothing(client: TestClient) -> None:
     assert client.get("/vectors").text == ""
     records = np.load(io.BytesIO(client.get("/vectors?format=npy").content), allow_pickle=False)
-    assert records.shape == (0,) and records.dtype.names == ("id", "label", "vector")
+    assert records.shape == (0,)
+    assert records.dtype.names == ("id", "external_id", "label", "vector")
 
 
 def test_the_export_reads_one_snapshot(client: TestClient) -> None:

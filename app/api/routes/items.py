@@ -1,13 +1,18 @@
-"""Stored, labelled items: add, list, read, delete."""
+"""Stored, labelled items: add, list, read, replace, delete.
+
+An item has the service's integer id and, optionally, an external id of the caller's
+(``PUT /items/{external_id}`` creates or replaces the item that has it). ``/items/{item_id}``
+takes either: digits are an item id, anything else an external id (which therefore may not
+be only digits)."""
 
 from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
@@ -15,7 +20,13 @@ from app.api.responses import UPLOAD_ERRORS, errors
 from app.api.schemas import MAX_ID, Item, ItemList, ItemsCreated, ItemSummary
 from app.api.uploads import read_files
 from app.errors import BadRequest
-from app.services.catalog import LABEL_PATTERN, MAX_METADATA_BYTES, check_label
+from app.services.catalog import (
+    EXTERNAL_ID_MAX,
+    EXTERNAL_ID_PATTERN,
+    LABEL_PATTERN,
+    MAX_METADATA_BYTES,
+    check_label,
+)
 from app.store.database import ItemRecord
 
 router = APIRouter(prefix="/items", tags=["items"])
@@ -29,7 +40,13 @@ IMAGE_TYPES = {
     "avif": "image/avif",
     "heic": "image/heic",
 }
-ItemId = Annotated[int, Path(ge=1, le=MAX_ID, description="item id")]
+ExternalId = Annotated[
+    str, StringConstraints(pattern=EXTERNAL_ID_PATTERN.pattern, max_length=EXTERNAL_ID_MAX)
+]
+ItemRef = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_ID)] | ExternalId,
+    Path(description="the item id, or the external id the caller gave the item"),
+]
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN.pattern)]
 
 
@@ -41,6 +58,16 @@ def _labels(labels: list[str] | None, count: int) -> list[str | None]:
     if len(labels) != count:
         raise BadRequest(f"give one label per file ({count}) or one for all, not {len(labels)}")
     return [check_label(label) for label in labels]
+
+
+def _external_ids(external_ids: list[str] | None, count: int) -> list[str | None]:
+    if not external_ids:
+        return [None] * count
+    if len(external_ids) != count:
+        raise BadRequest(f"give one external id per file ({count}), not {len(external_ids)}")
+    if len(set(external_ids)) != count:
+        raise BadRequest("external ids must differ from each other")
+    return list(external_ids)
 
 
 def _metadata(raw: str | None, count: int) -> list[dict[str, Any]]:
@@ -63,6 +90,7 @@ def _metadata(raw: str | None, count: int) -> list[dict[str, Any]]:
 def to_item(record: ItemRecord, model_version: str) -> Item:
     return Item(
         id=record.id,
+        external_id=record.external_id,
         label=record.label,
         filename=record.filename,
         metadata=record.metadata,
@@ -88,17 +116,26 @@ async def add_items(
     metadata: Annotated[
         str | None, Form(description="JSON object, or list of objects, one per file")
     ] = None,
+    external_ids: Annotated[
+        list[ExternalId] | None,
+        Form(description="your own id for each file, one per file (none may be in use)"),
+    ] = None,
 ) -> ItemsCreated:
     raw = await read_files(files)
     item_labels = _labels(labels, len(raw))
     item_metadata = _metadata(metadata, len(raw))
+    item_external_ids = _external_ids(external_ids, len(raw))
 
     def work() -> list[ItemRecord]:
-        return services.catalog.add(services.runtime.decode(raw), item_labels, item_metadata)
+        uploads = services.runtime.decode(raw)
+        return services.catalog.add(uploads, item_labels, item_metadata, item_external_ids)
 
     records = await run_in_threadpool(work)
     return ItemsCreated(
-        items=[ItemSummary(id=r.id, label=r.label, filename=r.filename) for r in records]
+        items=[
+            ItemSummary(id=r.id, external_id=r.external_id, label=r.label, filename=r.filename)
+            for r in records
+        ]
     )
 
 
@@ -118,7 +155,7 @@ async def list_items(
 
 @router.get("/{item_id}", response_model=Item, summary="Read one item", responses=errors(404, 422))
 async def get_item(
-    item_id: ItemId,
+    item_id: ItemRef,
     services: ServicesDep,
     include: Annotated[
         Literal["vector"] | None, Query(description="`vector`: add the active model's vector")
@@ -128,9 +165,51 @@ async def get_item(
     record = await run_in_threadpool(services.catalog.get, item_id)
     item = to_item(record, snapshot.version)
     if include == "vector":
-        vector = await run_in_threadpool(snapshot.index.vector, item_id)
+        vector = await run_in_threadpool(snapshot.index.vector, record.id)
         item.vector = vector.tolist() if vector is not None else None
     return item
+
+
+@router.put(
+    "/{item_id}",
+    response_model=Item,
+    summary="Create or replace the item with your own id (or replace one by item id)",
+    responses={
+        **errors(*UPLOAD_ERRORS, 404),
+        201: {"model": Item, "description": "created: no item had this external id"},
+    },
+)
+async def put_item(
+    item_id: Annotated[
+        Annotated[int, Field(ge=1, le=MAX_ID)] | ExternalId,
+        Path(
+            description=(
+                "your own id for the item (its external id: 1-128 letters, digits and "
+                "._~:@+=-, starting with a letter or digit, not only digits), or the item id "
+                "of an item that exists"
+            )
+        ),
+    ],
+    services: ServicesDep,
+    response: Response,
+    file: Annotated[UploadFile, File(description="the item's image")],
+    label: Annotated[Label | None, Form(description="its label (none if left out)")] = None,
+    metadata: Annotated[str | None, Form(description="a JSON object ({} if left out)")] = None,
+) -> Item:
+    """Creates the item with this external id (201), or replaces the image, label and
+    metadata of the item with this external or item id (200; an unknown item id is 404):
+    what is left out is cleared, as with any PUT. Its ids stay the same."""
+    ((name, data),) = await read_files([file])
+    item_label = check_label(label) if label is not None else None
+    (item_metadata,) = _metadata(metadata, 1)
+
+    def work() -> tuple[ItemRecord, bool]:
+        (upload,) = services.runtime.decode([(name, data)])
+        return services.catalog.put(item_id, upload, item_label, item_metadata)
+
+    record, created = await run_in_threadpool(work)
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return to_item(record, services.runtime.snapshot.version)
 
 
 @router.get(
@@ -139,7 +218,7 @@ async def get_item(
     response_class=FileResponse,
     responses={**errors(404, 422), 200: {"content": {"image/*": {}}}},
 )
-async def get_item_image(item_id: ItemId, services: ServicesDep) -> FileResponse:
+async def get_item_image(item_id: ItemRef, services: ServicesDep) -> FileResponse:
     record = await run_in_threadpool(services.catalog.get, item_id)
     path = services.catalog.images.path(record.image_hash, record.image_ext)
     return FileResponse(path, media_type=IMAGE_TYPES[record.image_ext])
@@ -151,5 +230,5 @@ async def get_item_image(item_id: ItemId, services: ServicesDep) -> FileResponse
     summary="Delete one item",
     responses=errors(404, 422),
 )
-async def delete_item(item_id: ItemId, services: ServicesDep) -> None:
+async def delete_item(item_id: ItemRef, services: ServicesDep) -> None:
     await run_in_threadpool(services.catalog.delete, item_id)

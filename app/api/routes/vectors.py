@@ -18,9 +18,10 @@ EXPORT_ANSWER = {
     "description": (
         "Every stored item that has a vector of the active model, ascending by id, as one "
         "database snapshot (items added or deleted while it streams are not part of it). "
-        f'`jsonl` ({JSONL_MEDIA_TYPE}): one `{{"id", "label", "vector"}}` object per '
-        f"line. `npy` ({NPY_MEDIA_TYPE}): one NumPy structured array with fields `id` (int64), "
-        "`label` (unicode, 64 characters, empty for none) and `vector` (float32, dim); "
+        f'`jsonl` ({JSONL_MEDIA_TYPE}): one `{{"id", "external_id", "label", "vector"}}` '
+        f"object per line. `npy` ({NPY_MEDIA_TYPE}): one NumPy structured array with fields "
+        "`id` (int64), `external_id` (unicode, 128 characters) and `label` (unicode, 64 "
+        "characters), both empty for none, and `vector` (float32, dim); "
         "`numpy.load(..., allow_pickle=False)` reads it."
     ),
     "content": {
