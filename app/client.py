@@ -115,7 +115,10 @@ class EmbedClient:
         labels: list[str] | None = None,
         metadata: dict[str, Any] | list[dict[str, Any]] | None = None,
         external_ids: list[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> list[int]:
+        """Stores images; with ``idempotency_key``, a retry of this call after a lost
+        answer returns the first call's ids instead of storing the images again."""
         data: dict[str, Any] = {}
         if labels:
             data["labels"] = labels
@@ -123,7 +126,8 @@ class EmbedClient:
             data["external_ids"] = external_ids
         if metadata is not None:
             data["metadata"] = json.dumps(metadata)
-        body = self._call("POST", "/items", files=self._files(images), data=data)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = self._call("POST", "/items", files=self._files(images), data=data, headers=headers)
         return [item["id"] for item in body["items"]]
 
     def put_item(

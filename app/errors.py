@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     status_code = 400
@@ -27,6 +29,10 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class Unprocessable(ServiceError):
+    status_code = 422
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
 
@@ -37,3 +43,12 @@ class UnsupportedMedia(ServiceError):
 
 class NotReady(ServiceError):
     status_code = 503
+
+
+class Replayed(Exception):
+    """Not an error: the write under this ``Idempotency-Key`` happened before, and
+    ``result`` is what it recorded; the route answers from it as it did the first time."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("replayed")
+        self.result = result

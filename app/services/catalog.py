@@ -11,9 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, NotFound, Replayed, Unprocessable
 from app.services.runtime import DecodedUpload, Runtime, Snapshot
-from app.store.database import Database, ExternalIdTaken, ItemRecord, NewItem, VectorPage
+from app.store.database import (
+    AlreadyDone,
+    Database,
+    ExternalIdTaken,
+    IdempotencyKey,
+    ItemRecord,
+    KeyReused,
+    NewItem,
+    VectorPage,
+)
 from app.store.images import EXTENSIONS, ImageStore
 from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
@@ -76,10 +85,13 @@ class Catalog:
         labels: Sequence[str | None],
         metadata: Sequence[dict[str, Any]],
         external_ids: Sequence[str | None] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> list[ItemRecord]:
         """Stores new items; an external id already in use is a conflict (nothing is
-        stored): ``put`` replaces."""
+        stored): ``put`` replaces. Under an ``idempotency`` key used before, nothing is
+        stored and :class:`Replayed` carries the first time's item summaries."""
         external_ids = external_ids or [None] * len(uploads)
+        self.check_idempotency(idempotency)
         early = self._embed(uploads)
         with self.write_lock:
             snapshot, vectors, hashes = self._settle(uploads, early)
@@ -90,7 +102,15 @@ class Catalog:
                 )
             ]
             try:
-                ids = self.db.add_items(new_items, snapshot.version)
+                ids = self.db.add_items(new_items, snapshot.version, idempotency)
+            except AlreadyDone as done:  # a concurrent retry committed first
+                self._remove_unused(uploads, hashes)
+                raise Replayed(done.result) from done
+            except KeyReused as exc:
+                self._remove_unused(uploads, hashes)
+                raise Unprocessable(
+                    f"Idempotency-Key {exc} was used for a different request"
+                ) from exc
             except ExternalIdTaken as exc:
                 self._remove_unused(uploads, hashes)
                 raise Conflict(
@@ -101,6 +121,20 @@ class Catalog:
             self._fit_index(snapshot)
         records = self.db.get_items(ids)
         return [records[i] for i in ids]
+
+    def check_idempotency(self, idempotency: IdempotencyKey | None) -> None:
+        """Raises :class:`Replayed` if the write under this key happened before, or
+        :class:`Unprocessable` if the key came with another request."""
+        if idempotency is None:
+            return
+        try:
+            result = self.db.idempotent_result(idempotency)
+        except KeyReused as exc:
+            raise Unprocessable(
+                f"Idempotency-Key {idempotency.key!r} was used for a different request"
+            ) from exc
+        if result is not None:
+            raise Replayed(result)
 
     def put(
         self, item: int | str, upload: DecodedUpload, label: str | None, metadata: dict[str, Any]

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idempotency (
+    operation TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    result TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (operation, key)
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -68,6 +76,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _expiry() -> str:
+    """Idempotency keys recorded before this time are forgotten."""
+    return (datetime.now(UTC) - KEEP_IDEMPOTENCY_KEYS).isoformat(timespec="milliseconds")
 
 
 MAX_SQL_PARAMS = 900  # below SQLite's smallest compiled-in limit on bound parameters
@@ -94,6 +107,31 @@ class NewItem:
     image_ext: str
     vector: np.ndarray
     external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A caller's key for one write: retried with the same request, the write happens once
+    and the retry gets its result; ``fingerprint`` identifies the request."""
+
+    operation: str
+    key: str
+    fingerprint: str
+
+
+class AlreadyDone(Exception):
+    """The write under this idempotency key happened before; ``result`` is what it stored."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("already done")
+        self.result = result
+
+
+class KeyReused(Exception):
+    """The idempotency key was used before for a different request."""
+
+
+KEEP_IDEMPOTENCY_KEYS = timedelta(hours=24)
 
 
 class ExternalIdTaken(Exception):
@@ -187,12 +225,22 @@ class Database:
 
     # --- items -----------------------------------------------------------------------------
 
-    def add_items(self, items: Sequence[NewItem], model_version: str) -> list[int]:
+    def add_items(
+        self,
+        items: Sequence[NewItem],
+        model_version: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> list[int]:
         """Inserts items and their vectors for ``model_version`` in one transaction; raises
-        :class:`ExternalIdTaken` (and inserts nothing) if an external id is in use."""
+        :class:`ExternalIdTaken` (and inserts nothing) if an external id is in use. With
+        ``idempotency``, the same transaction records the key and the new items' summaries,
+        so that a retry finds them however the first answer was lost (:class:`AlreadyDone`),
+        even in a crash right after the commit."""
         ids: list[int] = []
         created = now()
         with self.transaction() as conn:
+            if idempotency is not None:
+                self._check_idempotency(conn, idempotency)
             for item in items:
                 try:
                     cursor = conn.execute(
@@ -216,8 +264,63 @@ class Database:
                     "INSERT INTO vectors(model_version, item_id, vector) VALUES (?, ?, ?)",
                     (model_version, cursor.lastrowid, _blob(item.vector)),
                 )
+            if idempotency is not None:
+                summaries = [
+                    {
+                        "id": item_id,
+                        "external_id": item.external_id,
+                        "label": item.label,
+                        "filename": item.filename,
+                    }
+                    for item_id, item in zip(ids, items, strict=True)
+                ]
+                self._remember(conn, idempotency, summaries)
             self._bump_generation(conn)
         return ids
+
+    # --- idempotency -----------------------------------------------------------------------
+
+    def idempotent_result(self, idempotency: IdempotencyKey) -> Any:
+        """What the write under this key stored (None if it has not happened); raises
+        :class:`KeyReused` if the key came with another request."""
+        with self._lock:
+            return self._stored(self._conn, idempotency)
+
+    @staticmethod
+    def _stored(conn: sqlite3.Connection, idempotency: IdempotencyKey) -> Any:
+        row = conn.execute(
+            "SELECT fingerprint, result FROM idempotency WHERE operation = ? AND key = ? "
+            "AND created_at >= ?",
+            (idempotency.operation, idempotency.key, _expiry()),
+        ).fetchone()
+        if row is None:
+            return None
+        if row["fingerprint"] != idempotency.fingerprint:
+            raise KeyReused(idempotency.key)
+        return json.loads(row["result"])
+
+    def _check_idempotency(self, conn: sqlite3.Connection, idempotency: IdempotencyKey) -> None:
+        """Inside a write transaction: raises :class:`AlreadyDone` (or :class:`KeyReused`)
+        if the key has been used, e.g. by a concurrent retry that committed first."""
+        result = self._stored(conn, idempotency)
+        if result is not None:
+            raise AlreadyDone(result)
+
+    @staticmethod
+    def _remember(conn: sqlite3.Connection, idempotency: IdempotencyKey, result: Any) -> None:
+        """Records a key's result, and forgets keys older than :data:`KEEP_IDEMPOTENCY_KEYS`."""
+        conn.execute("DELETE FROM idempotency WHERE created_at < ?", (_expiry(),))
+        conn.execute(
+            "INSERT OR REPLACE INTO idempotency(operation, key, fingerprint, result, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (
+                idempotency.operation,
+                idempotency.key,
+                idempotency.fingerprint,
+                json.dumps(result),
+                now(),
+            ),
+        )
 
     def get_item(self, item_id: int) -> ItemRecord | None:
         rows = self._query("SELECT * FROM items WHERE id = ?", (item_id,))

@@ -16,10 +16,11 @@ from pydantic import Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
+from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import UPLOAD_ERRORS, errors
 from app.api.schemas import MAX_ID, Item, ItemList, ItemsCreated, ItemSummary
 from app.api.uploads import read_files
-from app.errors import BadRequest
+from app.errors import BadRequest, Replayed
 from app.services.catalog import (
     EXTERNAL_ID_MAX,
     EXTERNAL_ID_PATTERN,
@@ -27,7 +28,7 @@ from app.services.catalog import (
     MAX_METADATA_BYTES,
     check_label,
 )
-from app.store.database import ItemRecord
+from app.store.database import IdempotencyKey, ItemRecord
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -120,17 +121,28 @@ async def add_items(
         list[ExternalId] | None,
         Form(description="your own id for each file, one per file (none may be in use)"),
     ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> ItemsCreated:
     raw = await read_files(files)
     item_labels = _labels(labels, len(raw))
     item_metadata = _metadata(metadata, len(raw))
     item_external_ids = _external_ids(external_ids, len(raw))
+    idempotency = None
+    if idempotency_key is not None:
+        request = [raw_files_digest(raw), labels, metadata, external_ids]
+        idempotency = IdempotencyKey("add_items", idempotency_key, fingerprint(request))
 
     def work() -> list[ItemRecord]:
+        services.catalog.check_idempotency(idempotency)  # before decoding and embedding
         uploads = services.runtime.decode(raw)
-        return services.catalog.add(uploads, item_labels, item_metadata, item_external_ids)
+        return services.catalog.add(
+            uploads, item_labels, item_metadata, item_external_ids, idempotency
+        )
 
-    records = await run_in_threadpool(work)
+    try:
+        records = await run_in_threadpool(work)
+    except Replayed as replay:  # the first answer, as it was
+        return ItemsCreated(items=[ItemSummary(**summary) for summary in replay.result])
     return ItemsCreated(
         items=[
             ItemSummary(id=r.id, external_id=r.external_id, label=r.label, filename=r.filename)
