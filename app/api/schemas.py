@@ -153,7 +153,9 @@ class Item(ItemSummary):
     model_version: str
     created_at: str
     vector: list[float] | None = Field(
-        default=None, description="the active model's vector, with include=vector"
+        default=None,
+        exclude_if=lambda vector: vector is None,  # only there when asked for
+        description="the active model's vector, with include=vector",
     )
 
 
