@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadRequest, Conflict, NotFound, Replayed, Unprocessable
+from app.errors import BadRequest, Conflict, NotFound
+from app.services.idempotency import as_service_error, replay_if_done
 from app.services.runtime import DecodedUpload, Runtime, Snapshot
 from app.store.database import (
     AlreadyDone,
@@ -91,7 +92,7 @@ class Catalog:
         stored): ``put`` replaces. Under an ``idempotency`` key used before, nothing is
         stored and :class:`Replayed` carries the first time's item summaries."""
         external_ids = external_ids or [None] * len(uploads)
-        self.check_idempotency(idempotency)
+        replay_if_done(self.db, idempotency)
         early = self._embed(uploads)
         with self.write_lock:
             snapshot, vectors, hashes = self._settle(uploads, early)
@@ -103,14 +104,9 @@ class Catalog:
             ]
             try:
                 ids = self.db.add_items(new_items, snapshot.version, idempotency)
-            except AlreadyDone as done:  # a concurrent retry committed first
+            except (AlreadyDone, KeyReused) as exc:  # a concurrent retry committed first
                 self._remove_unused(uploads, hashes)
-                raise Replayed(done.result) from done
-            except KeyReused as exc:
-                self._remove_unused(uploads, hashes)
-                raise Unprocessable(
-                    f"Idempotency-Key {exc} was used for a different request"
-                ) from exc
+                raise as_service_error(exc) from exc
             except ExternalIdTaken as exc:
                 self._remove_unused(uploads, hashes)
                 raise Conflict(
@@ -121,20 +117,6 @@ class Catalog:
             self._fit_index(snapshot)
         records = self.db.get_items(ids)
         return [records[i] for i in ids]
-
-    def check_idempotency(self, idempotency: IdempotencyKey | None) -> None:
-        """Raises :class:`Replayed` if the write under this key happened before, or
-        :class:`Unprocessable` if the key came with another request."""
-        if idempotency is None:
-            return
-        try:
-            result = self.db.idempotent_result(idempotency)
-        except KeyReused as exc:
-            raise Unprocessable(
-                f"Idempotency-Key {idempotency.key!r} was used for a different request"
-            ) from exc
-        if result is not None:
-            raise Replayed(result)
 
     def put(
         self, item: int | str, upload: DecodedUpload, label: str | None, metadata: dict[str, Any]

@@ -37,8 +37,9 @@ from app.errors import (
     ServiceError,
 )
 from app.services.catalog import LABEL_PATTERN
+from app.services.idempotency import as_service_error, replay_if_done
 from app.services.models import ModelService
-from app.store.database import Database
+from app.store.database import AlreadyDone, Database, IdempotencyKey, KeyReused
 from app.store.images import ImageStore
 from app.training_worker import EXIT_CANCELLED
 from model.backends import bf16_native
@@ -128,12 +129,20 @@ class TrainingJobs:
 
     # --- requests --------------------------------------------------------------------------
 
-    def start(self, options: dict[str, Any], archive: bytes | None = None) -> dict[str, Any]:
-        """Prepares the job's data set and starts its worker process.
+    def start(
+        self,
+        options: dict[str, Any],
+        archive: bytes | None = None,
+        idempotency: IdempotencyKey | None = None,
+    ) -> dict[str, Any]:
+        """Prepares the job's data set and starts its worker process. Under an
+        ``idempotency`` key used before, nothing starts: :class:`Replayed` carries the job
+        that the key's first request started.
 
         The job's slot is claimed under the lock, but the data set (an archive to extract,
         the stored items to export) is prepared outside it: a large archive does not hold up
         cancels, shutdown or a second request, which is told at once that a job is running."""
+        replay_if_done(self.db, idempotency)
         job_id = uuid.uuid4().hex[:16]
         with self._lock:
             if self._job_id is not None:
@@ -145,7 +154,10 @@ class TrainingJobs:
             job_dir.mkdir(parents=True)
             dataset_dir = self._prepare_dataset(options["dataset"], archive, job_dir)
             spec = self._spec(options, dataset_dir, job_dir)
-            self.db.add_job(job_id, options)
+            try:
+                self.db.add_job(job_id, options, idempotency)
+            except (AlreadyDone, KeyReused) as exc:  # a concurrent retry recorded it first
+                raise as_service_error(exc) from exc
             spec_path = job_dir / "spec.json"
             spec_path.write_text(json.dumps(spec))
             with self._lock:

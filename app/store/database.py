@@ -547,9 +547,16 @@ class Database:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def add_job(self, job_id: str, request: dict[str, Any]) -> None:
+    def add_job(
+        self, job_id: str, request: dict[str, Any], idempotency: IdempotencyKey | None = None
+    ) -> None:
+        """Records a new job; with ``idempotency``, records the key with it (or raises
+        :class:`AlreadyDone` with the job a retry's first request started)."""
         stamp = now()
         with self.transaction() as conn:
+            if idempotency is not None:
+                self._check_idempotency(conn, idempotency)
+                self._remember(conn, idempotency, {"job_id": job_id})
             conn.execute(
                 "INSERT INTO jobs(id, status, request, created_at, updated_at) "
                 "VALUES (?, 'queued', ?, ?, ?)",

@@ -1,11 +1,13 @@
-"""``Idempotency-Key`` on ``POST /items``: a retry gets the first answer without a second
-write; the same key with another request is 422; a key is a short printable token."""
+"""``Idempotency-Key`` on ``POST /items`` and ``POST /train``: a retry gets the first answer
+without a second write; the same key with another request is 422; a key is a short
+printable token."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tests.app.conftest import cifar_upload, item_count
+from tests.app.conftest import add, cifar_upload, item_count
 
 
 def test_a_retry_gets_the_first_answer_and_writes_nothing(client: TestClient) -> None:
@@ -49,3 +51,21 @@ def test_keys_must_be_short_printable_tokens(client: TestClient) -> None:
         )
         assert response.status_code == 422, key
     assert item_count(client) == 0
+
+
+@pytest.mark.slow
+def test_a_retried_training_request_starts_one_job(client: TestClient) -> None:
+    add(client, "cat", 0, 16)
+    add(client, "bird", 0, 16)
+    body = {"epochs": 200, "batch_size": 16}
+    headers = {"Idempotency-Key": "retrain-1"}
+    first = client.post("/train", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    job_id = first.json()["job_id"]
+    retry = client.post("/train", json=body, headers=headers)  # not 409: the same job
+    assert retry.status_code == 202 and retry.json()["job_id"] == job_id
+    other = client.post("/train", json={**body, "epochs": 3}, headers=headers)
+    assert other.status_code == 422
+    assert client.post("/train", json=body).status_code == 409  # without the key: a job runs
+    assert [job["job_id"] for job in client.get("/train").json()["jobs"]] == [job_id]
+    assert client.delete(f"/train/{job_id}").status_code == 200

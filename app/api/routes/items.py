@@ -133,7 +133,6 @@ async def add_items(
         idempotency = IdempotencyKey("add_items", idempotency_key, fingerprint(request))
 
     def work() -> list[ItemRecord]:
-        services.catalog.check_idempotency(idempotency)  # before decoding and embedding
         uploads = services.runtime.decode(raw)
         return services.catalog.add(
             uploads, item_labels, item_metadata, item_external_ids, idempotency

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -11,9 +12,11 @@ from starlette.datastructures import UploadFile
 
 from app.api.bodies import json_object, single_fields, validate
 from app.api.deps import ServicesDep
+from app.api.idempotency import IdempotencyKeyHeader, fingerprint
 from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import Job, JobList, TrainRequest
-from app.errors import BadRequest, UnsupportedMedia
+from app.errors import BadRequest, Replayed, UnsupportedMedia
+from app.store.database import IdempotencyKey
 
 router = APIRouter(prefix="/train", tags=["training"])
 
@@ -53,7 +56,11 @@ OPENAPI_BODY: dict[str, Any] = {
     openapi_extra=OPENAPI_BODY,
     responses=errors(*BODY_ERRORS, 403, 409, 415),
 )
-async def start_job(request: Request, services: ServicesDep) -> Job:
+async def start_job(
+    request: Request, services: ServicesDep, idempotency_key: IdempotencyKeyHeader = None
+) -> Job:
+    """With an `Idempotency-Key` used before for the same request, no job starts: the
+    answer is the job that the first request started, as it is now."""
     content_type = request.headers.get("content-type", "")
     archive: bytes | None = None
     if content_type.startswith("multipart/form-data"):
@@ -79,7 +86,16 @@ async def start_job(request: Request, services: ServicesDep) -> Job:
             raise BadRequest("an archive dataset is uploaded as multipart 'archive'")
     else:
         raise UnsupportedMedia("send JSON, or multipart/form-data with an 'archive'")
-    job = await run_in_threadpool(services.jobs.start, body.model_dump(), archive)
+    options = body.model_dump()
+    idempotency = None
+    if idempotency_key is not None:
+        archive_digest = hashlib.sha256(archive).hexdigest() if archive is not None else None
+        request_print = fingerprint([options, archive_digest])
+        idempotency = IdempotencyKey("start_job", idempotency_key, request_print)
+    try:
+        job = await run_in_threadpool(services.jobs.start, options, archive, idempotency)
+    except Replayed as replay:
+        job = await run_in_threadpool(services.jobs.get, replay.result["job_id"])
     return Job.model_validate(job)
 
 
