@@ -29,10 +29,6 @@ class Conflict(ServiceError):
     status_code = 409
 
 
-class Unprocessable(ServiceError):
-    status_code = 422
-
-
 class PayloadTooLarge(ServiceError):
     status_code = 413
 

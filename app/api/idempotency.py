@@ -2,7 +2,7 @@
 request whose answer was lost (a timeout, a dropped connection, a crash) does not write
 twice. The key and a fingerprint of the request are stored with the write, in the same
 transaction; a retry with the same key and the same request gets the first answer, and the
-same key with a different request is 422. Keys are kept for 24 hours."""
+same key with a different request is 409. Keys are kept for 24 hours."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ IdempotencyKeyHeader = Annotated[
         description=(
             "your name for this write (1-255 printable ASCII characters, no spaces): a retry "
             "with the same key and request returns the first answer without writing again; "
-            "the same key with another request is 422. Kept for 24 hours."
+            "the same key with another request is 409. Kept for 24 hours."
         ),
     ),
 ]

@@ -4,19 +4,19 @@ The database records the key, with a fingerprint of the request and what the wri
 the write's own transaction (:class:`app.store.database.IdempotencyKey`). Before any work, a
 service asks whether the key was used (:func:`replay_if_done`); inside the transaction, a
 concurrent retry that committed first shows up as :class:`AlreadyDone`. Either way the
-caller gets :class:`Replayed` with the first result, or 422 for a key used with another
-request.
+caller gets :class:`Replayed` with the first result, or a conflict (409) for a key used
+with another request.
 """
 
 from __future__ import annotations
 
-from app.errors import Replayed, Unprocessable
+from app.errors import Conflict, Replayed
 from app.store.database import AlreadyDone, Database, IdempotencyKey, KeyReused
 
 
 def replay_if_done(db: Database, idempotency: IdempotencyKey | None) -> None:
     """Raises :class:`Replayed` if the write under this key happened before, or
-    :class:`Unprocessable` if the key came with another request."""
+    :class:`Conflict` if the key came with another request."""
     if idempotency is None:
         return
     try:
@@ -27,8 +27,8 @@ def replay_if_done(db: Database, idempotency: IdempotencyKey | None) -> None:
         raise Replayed(result)
 
 
-def as_service_error(exc: AlreadyDone | KeyReused) -> Replayed | Unprocessable:
+def as_service_error(exc: AlreadyDone | KeyReused) -> Replayed | Conflict:
     """What a write transaction's idempotency outcome means to the caller."""
     if isinstance(exc, AlreadyDone):
         return Replayed(exc.result)
-    return Unprocessable(f"Idempotency-Key {exc} was used for a different request")
+    return Conflict(f"Idempotency-Key {exc} was used for a different request")

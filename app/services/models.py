@@ -18,8 +18,9 @@ from typing import Any
 
 from app.errors import BadRequest, Conflict, NotFound, NotReady, ServiceError
 from app.services.catalog import Catalog
+from app.services.idempotency import replay_if_done
 from app.services.runtime import Runtime, Snapshot
-from app.store.database import Database
+from app.store.database import Database, IdempotencyKey
 from app.store.images import ImageStore
 from app.store.index import VectorIndex
 from model.backends import BackendChoice
@@ -143,6 +144,17 @@ class ModelService:
         (timings, and the items whose stored image could not be read)."""
         self._claim(version)
         return self._run_claimed(version)
+
+    def replay_if_done(self, idempotency: IdempotencyKey | None) -> None:
+        """Raises :class:`Replayed` with the answer recorded under this key, if any."""
+        replay_if_done(self.db, idempotency)
+
+    def remember_answer(self, idempotency: IdempotencyKey | None, answer: Any) -> None:
+        """Records the answer to an activation request under its key. An activation is not
+        one database transaction, so a crash before this leaves the key unused; its retry
+        then activates again, which leaves the same model active."""
+        if idempotency is not None:
+            self.db.remember(idempotency, answer)
 
     def start_activation(self, version: str) -> None:
         """``activate`` in a background thread. The claim happens here, before returning, so

@@ -286,6 +286,12 @@ class Database:
         with self._lock:
             return self._stored(self._conn, idempotency)
 
+    def remember(self, idempotency: IdempotencyKey, result: Any) -> None:
+        """Records a key's result in a transaction of its own, for a write that is not one
+        database transaction (an activation)."""
+        with self.transaction() as conn:
+            self._remember(conn, idempotency, result)
+
     @staticmethod
     def _stored(conn: sqlite3.Connection, idempotency: IdempotencyKey) -> Any:
         row = conn.execute(

@@ -1,5 +1,5 @@
 """``Idempotency-Key`` on ``POST /items`` and ``POST /train``: a retry gets the first answer
-without a second write; the same key with another request is 422; a key is a short
+without a second write; the same key with another request is 409; a key is a short
 printable token."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_the_same_key_with_another_request_is_refused(client: TestClient) -> Non
     client.post("/items", files=cifar_upload("cat", 0, 1), data={"labels": "cat"}, headers=headers)
     for files, labels in ((cifar_upload("cat", 1, 1), "cat"), (cifar_upload("cat", 0, 1), "bird")):
         response = client.post("/items", files=files, data={"labels": labels}, headers=headers)
-        assert response.status_code == 422 and "different request" in response.json()["detail"]
+        assert response.status_code == 409 and "different request" in response.json()["detail"]
     assert item_count(client) == 1
 
 
@@ -65,7 +65,7 @@ def test_a_retried_training_request_starts_one_job(client: TestClient) -> None:
     retry = client.post("/train", json=body, headers=headers)  # not 409: the same job
     assert retry.status_code == 202 and retry.json()["job_id"] == job_id
     other = client.post("/train", json={**body, "epochs": 3}, headers=headers)
-    assert other.status_code == 422
+    assert other.status_code == 409
     assert client.post("/train", json=body).status_code == 409  # without the key: a job runs
     assert [job["job_id"] for job in client.get("/train").json()["jobs"]] == [job_id]
     assert client.delete(f"/train/{job_id}").status_code == 200

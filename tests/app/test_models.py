@@ -192,3 +192,31 @@ def test_unreadable_stored_images_are_reported_not_counted(
     assert result["reembedded"] == 2
     assert result["unreadable_items"] == 1 and result["unreadable_ids"] == [ids[1]]
     assert client.get("/models").json()["last_activation"]["unreadable_ids"] == [ids[1]]
+
+
+def test_a_retried_activation_gets_its_first_answer(client: TestClient, tmp_path: Path) -> None:
+    """With an Idempotency-Key, a retry while the activation it started still runs gets that
+    activation's 202, not the 409 of a second request; another key gets the 409."""
+    add(client, "cat", 0, 2)
+    second = register_second_model(client, tmp_path)
+    services = client.app.state.services  # type: ignore[attr-defined]
+    release = threading.Event()
+    original = services.models._activate
+
+    def held(version: str):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return original(version)
+
+    services.models._activate = held
+    key = {"Idempotency-Key": "switch-to-second"}
+    first = client.post(f"/models/{second}/activate", headers=key)
+    assert first.status_code == 202
+    retry = client.post(f"/models/{second}/activate", headers=key)
+    assert retry.status_code == 202 and retry.json() == first.json()
+    other = client.post(f"/models/{second}/activate", headers={"Idempotency-Key": "another"})
+    assert other.status_code == 409
+    waiting = client.post(f"/models/{second}/activate?wait=true", headers=key)
+    assert waiting.status_code == 409  # the same key, another request
+    release.set()
+    wait_until_idle(client)
+    assert client.get("/model").json()["version"] == second

@@ -106,7 +106,7 @@ def to_item(record: ItemRecord, model_version: str) -> Item:
     status_code=status.HTTP_201_CREATED,
     response_model=ItemsCreated,
     summary="Store labelled images",
-    responses=errors(*UPLOAD_ERRORS),
+    responses=errors(*UPLOAD_ERRORS, 409),
 )
 async def add_items(
     services: ServicesDep,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServicesDep
+from app.api.idempotency import IdempotencyKeyHeader, fingerprint
 from app.api.responses import errors
 from app.api.schemas import (
     Activation,
@@ -16,6 +17,9 @@ from app.api.schemas import (
     ModelVersion,
     ModelVersionList,
 )
+from app.container import Services
+from app.errors import Replayed
+from app.store.database import IdempotencyKey
 
 router = APIRouter(tags=["models"])
 ACTIVATION = {"$ref": "#/components/schemas/Activation"}
@@ -75,12 +79,30 @@ async def activate(
     services: ServicesDep,
     response: Response,
     wait: Annotated[bool, Query(description="answer only when the new model is active")] = False,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Activation:
+    """With an `Idempotency-Key` used before for the same request, the first answer comes
+    back (say 202 while that activation still runs, where a new request would get 409)."""
+    idempotency = None
+    if idempotency_key is not None:
+        idempotency = IdempotencyKey("activate", idempotency_key, fingerprint([version, wait]))
+    try:
+        await run_in_threadpool(services.models.replay_if_done, idempotency)
+    except Replayed as replay:
+        response.status_code = replay.result["status_code"]
+        return Activation(**replay.result["answer"])
+    activation = await _activate(version, wait, services)
+    response.status_code = status.HTTP_200_OK if activation.status == "active" else 202
+    answer = {"status_code": response.status_code, "answer": activation.model_dump()}
+    await run_in_threadpool(services.models.remember_answer, idempotency, answer)
+    return activation
+
+
+async def _activate(version: str, wait: bool, services: Services) -> Activation:
     if services.runtime.snapshot.version == version:
         return Activation(version=version, status="active")
     if wait:
         result = await run_in_threadpool(services.models.activate, version)
         return Activation(**result)
     await run_in_threadpool(services.models.start_activation, version)
-    response.status_code = status.HTTP_202_ACCEPTED
     return Activation(version=version, status="activating")
