@@ -134,11 +134,8 @@ def wait_until_idle(client: TestClient) -> dict:  # type: ignore[type-arg]
     return models  # type: ignore[no-any-return]
 
 
-def test_simultaneous_activations_get_one_202_and_409s(client: TestClient, tmp_path: Path) -> None:
-    """The claim is taken before the route answers: never a 202 for an activation that then
-    fails with a conflict in the background."""
-    add(client, "cat", 0, 2)
-    second = register_second_model(client, tmp_path)
+def hold_activations(client: TestClient) -> threading.Event:
+    """Makes activations wait, once claimed, until the returned event is set."""
     services = client.app.state.services  # type: ignore[attr-defined]
     release = threading.Event()
     original = services.models._activate
@@ -148,6 +145,15 @@ def test_simultaneous_activations_get_one_202_and_409s(client: TestClient, tmp_p
         return original(version)
 
     services.models._activate = held
+    return release
+
+
+def test_simultaneous_activations_get_one_202_and_409s(client: TestClient, tmp_path: Path) -> None:
+    """The claim is taken before the route answers: never a 202 for an activation that then
+    fails with a conflict in the background."""
+    add(client, "cat", 0, 2)
+    second = register_second_model(client, tmp_path)
+    release = hold_activations(client)
     with ThreadPoolExecutor(8) as pool:
         codes = list(
             pool.map(lambda _: client.post(f"/models/{second}/activate").status_code, range(8))
@@ -199,15 +205,7 @@ def test_a_retried_activation_gets_its_first_answer(client: TestClient, tmp_path
     activation's 202, not the 409 of a second request; another key gets the 409."""
     add(client, "cat", 0, 2)
     second = register_second_model(client, tmp_path)
-    services = client.app.state.services  # type: ignore[attr-defined]
-    release = threading.Event()
-    original = services.models._activate
-
-    def held(version: str):  # type: ignore[no-untyped-def]
-        release.wait(30)
-        return original(version)
-
-    services.models._activate = held
+    release = hold_activations(client)
     key = {"Idempotency-Key": "switch-to-second"}
     first = client.post(f"/models/{second}/activate", headers=key)
     assert first.status_code == 202
