@@ -16,6 +16,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from app.services.catalog import LABEL_MAX
 from model.recipe import TUNABLE_FIELDS, TrainRecipe
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
@@ -183,7 +184,9 @@ class SearchOptions(Strict):
     """The options of a search by image (multipart fields beside the file)."""
 
     k: int = Field(default=10, ge=1, le=1000)
-    label: str | None = Field(default=None, max_length=64, description="only items with this label")
+    label: str | None = Field(
+        default=None, max_length=LABEL_MAX, description="only items with this label"
+    )
 
 
 class SearchQuery(SearchOptions, JsonBody):
@@ -248,7 +251,7 @@ class ClusterRequest(JsonBody):
     k: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default=2, description="number of clusters (at most EMBED_MAX_K), or 'auto'"
     )
-    label: str | None = Field(default=None, max_length=64)
+    label: str | None = Field(default=None, max_length=LABEL_MAX)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     projection: bool = Field(default=False, description="also return 2-D PCA coordinates")
     limit: int = Field(

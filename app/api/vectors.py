@@ -16,12 +16,11 @@ from collections.abc import Iterator
 import numpy as np
 from fastapi import Response
 
+from app.services.catalog import EXTERNAL_ID_MAX, LABEL_MAX
 from app.store.database import VectorPage
 
 NPY_MEDIA_TYPE = "application/x-npy"
 JSONL_MEDIA_TYPE = "application/x-ndjson"
-LABEL_CHARACTERS = 64  # the longest label (app.services.catalog.LABEL_PATTERN)
-EXTERNAL_ID_CHARACTERS = 128  # the longest external id (app.services.catalog.EXTERNAL_ID_PATTERN)
 
 JSON_COVERING = ("application/json", "application/*", "*/*")
 
@@ -67,8 +66,8 @@ def export_dtype(dim: int) -> np.dtype:
     return np.dtype(
         [
             ("id", "<i8"),
-            ("external_id", f"<U{EXTERNAL_ID_CHARACTERS}"),
-            ("label", f"<U{LABEL_CHARACTERS}"),
+            ("external_id", f"<U{EXTERNAL_ID_MAX}"),
+            ("label", f"<U{LABEL_MAX}"),
             ("vector", "<f4", (dim,)),
         ]
     )

@@ -29,7 +29,8 @@ from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
 from model.metrics import clustering_metrics, silhouette
 
-LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.\-]{0,63}$")
+LABEL_MAX = 64
+LABEL_PATTERN = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9 _.\-]{{0,{LABEL_MAX - 1}}}$")
 # A caller's own id for an item: letters, digits and ._~:@+=- (so it is safe in a URL path
 # segment and never a path of its own), starting with a letter or digit, at most 128
 # characters, and not only digits, so that /items/{id} can never mistake it for an item id.

@@ -24,9 +24,9 @@ from app.errors import BadRequest, Replayed
 from app.services.catalog import (
     EXTERNAL_ID_MAX,
     EXTERNAL_ID_PATTERN,
+    LABEL_MAX,
     LABEL_PATTERN,
     MAX_METADATA_BYTES,
-    check_label,
 )
 from app.store.database import IdempotencyKey, ItemRecord
 
@@ -44,8 +44,9 @@ IMAGE_TYPES = {
 ExternalId = Annotated[
     str, StringConstraints(pattern=EXTERNAL_ID_PATTERN.pattern, max_length=EXTERNAL_ID_MAX)
 ]
+ItemNumber = Annotated[int, Field(ge=1, le=MAX_ID)]
 ItemRef = Annotated[
-    Annotated[int, Field(ge=1, le=MAX_ID)] | ExternalId,
+    ItemNumber | ExternalId,
     Path(description="the item id, or the external id the caller gave the item"),
 ]
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN.pattern)]
@@ -55,10 +56,10 @@ def _labels(labels: list[str] | None, count: int) -> list[str | None]:
     if not labels:
         return [None] * count
     if len(labels) == 1:
-        return [check_label(labels[0])] * count
+        return [labels[0]] * count
     if len(labels) != count:
         raise BadRequest(f"give one label per file ({count}) or one for all, not {len(labels)}")
-    return [check_label(label) for label in labels]
+    return list(labels)
 
 
 def _external_ids(external_ids: list[str] | None, count: int) -> list[str | None]:
@@ -153,7 +154,7 @@ async def add_items(
 @router.get("", response_model=ItemList, summary="List items", responses=errors(422))
 async def list_items(
     services: ServicesDep,
-    label: Annotated[str | None, Query(max_length=64)] = None,
+    label: Annotated[str | None, Query(max_length=LABEL_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> ItemList:
@@ -192,7 +193,7 @@ async def get_item(
 )
 async def put_item(
     item_id: Annotated[
-        Annotated[int, Field(ge=1, le=MAX_ID)] | ExternalId,
+        ItemNumber | ExternalId,
         Path(
             description=(
                 "your own id for the item (its external id: 1-128 letters, digits and "
@@ -211,12 +212,11 @@ async def put_item(
     metadata of the item with this external or item id (200; an unknown item id is 404):
     what is left out is cleared, as with any PUT. Its ids stay the same."""
     ((name, data),) = await read_files([file])
-    item_label = check_label(label) if label is not None else None
     (item_metadata,) = _metadata(metadata, 1)
 
     def work() -> tuple[ItemRecord, bool]:
         (upload,) = services.runtime.decode([(name, data)])
-        return services.catalog.put(item_id, upload, item_label, item_metadata)
+        return services.catalog.put(item_id, upload, label, item_metadata)
 
     record, created = await run_in_threadpool(work)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK

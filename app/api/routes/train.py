@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -12,7 +11,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.bodies import json_object, single_fields, validate
 from app.api.deps import ServicesDep
-from app.api.idempotency import IdempotencyKeyHeader, fingerprint
+from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import Job, JobList, TrainRequest
 from app.errors import BadRequest, Replayed, UnsupportedMedia
@@ -89,7 +88,7 @@ async def start_job(
     options = body.model_dump()
     idempotency = None
     if idempotency_key is not None:
-        archive_digest = hashlib.sha256(archive).hexdigest() if archive is not None else None
+        archive_digest = raw_files_digest([("archive", archive)]) if archive is not None else None
         request_print = fingerprint([options, archive_digest])
         idempotency = IdempotencyKey("start_job", idempotency_key, request_print)
     try:
