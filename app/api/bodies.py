@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.errors import BadRequest
@@ -22,7 +24,7 @@ def validate(model: type[Model], data: Any) -> Model:
         raise RequestValidationError(exc.errors()) from exc
 
 
-def validation_error(location: tuple[str, ...], message: str) -> RequestValidationError:
+def validation_error(location: tuple[str | int, ...], message: str) -> RequestValidationError:
     """A 422 like FastAPI's own, for a limit only known at run time (a setting, the active
     model's dimension) that the OpenAPI document states as well."""
     return RequestValidationError(
@@ -31,8 +33,11 @@ def validation_error(location: tuple[str, ...], message: str) -> RequestValidati
 
 
 async def json_object(request: Request) -> dict[str, Any]:
+    """The JSON object of the request body, parsed in a worker thread (bodies with base64
+    images run to megabytes)."""
+    raw = await request.body()
     try:
-        body = await request.json()
+        body = await run_in_threadpool(json.loads, raw) if raw else None
     except ValueError as exc:
         raise BadRequest("request body is not valid JSON") from exc
     if not isinstance(body, dict):
@@ -52,13 +57,16 @@ def form_properties(model: type[BaseModel]) -> dict[str, Any]:
     return properties
 
 
-def single_fields(form: FormData, allowed: set[str]) -> dict[str, Any]:
-    """The form's fields by name, each given at most once and all of them ``allowed``."""
+def single_fields(
+    form: FormData, allowed: set[str], repeatable: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The form's fields by name, all of them ``allowed`` and each given at most once
+    unless ``repeatable`` (those are left out: read them with ``form.getlist``)."""
     names = [name for name, _ in form.multi_items()]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted({name for name in names if names.count(name) > 1} - repeatable)
     if repeated:
         raise BadRequest(f"form fields given more than once: {repeated[:5]}")
     unknown = sorted(set(names) - allowed)
     if unknown:
         raise BadRequest(f"unknown form fields: {unknown[:5]}")
-    return dict(form.multi_items())
+    return {name: value for name, value in form.multi_items() if name not in repeatable}

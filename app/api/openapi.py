@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from app.api.schemas import SearchQuery, TrainRequest
+from app.api.schemas import BatchSearchQuery, EmbedJson, ItemsJson, SearchQuery, TrainRequest
 from app.settings import Settings
 
 # BMP, AVIF and HEIC are accepted too; they are left out here because generated clients and
@@ -24,6 +24,7 @@ IMAGE_UPLOADS = {  # (path, multipart field) of every operation that takes image
     ("/embed", "files"),
     ("/items", "files"),
     ("/search", "file"),
+    ("/search", "files"),
 }
 # (operation, status) -> {link name: (target operation, parameter, runtime expression)}
 LINKS = {
@@ -54,9 +55,9 @@ def build_openapi(
         description=app.description,
         routes=app.routes,
     )
-    add_body_schemas(document, (SearchQuery, TrainRequest))
+    add_body_schemas(document, (SearchQuery, BatchSearchQuery, EmbedJson, ItemsJson, TrainRequest))
     describe_uploads(document, settings.max_files)
-    describe_limits(document, settings.max_k, dim)
+    describe_limits(document, settings.max_k, settings.max_files, dim)
     add_links(document)
     if settings.api_key is not None:
         add_api_key_security(document, public_paths)
@@ -109,15 +110,19 @@ def describe_uploads(document: dict[str, Any], max_files: int) -> None:
     }
 
 
-def describe_limits(document: dict[str, Any], max_k: int, dim: int | None) -> None:
-    """Limits that are settings (``EMBED_MAX_K``) or the active model's (the vector length)."""
+def describe_limits(document: dict[str, Any], max_k: int, max_files: int, dim: int | None) -> None:
+    """Limits that are settings (``EMBED_MAX_K``, ``EMBED_MAX_FILES``) or the active model's
+    (the vector length)."""
     schemas = document["components"]["schemas"]
     k_choices = schemas["ClusterRequest"]["properties"]["k"]["anyOf"]
     next(c for c in k_choices if c.get("type") == "integer")["maximum"] = max_k
+    for name in ("EmbedJson", "ItemsJson"):
+        schemas[name]["properties"]["images"]["maxItems"] = max_files
     if dim is not None:
-        vector = schemas["SearchQuery"]["properties"]["vector"]
-        vector.update(minItems=dim, maxItems=dim)
-        vector["description"] = f"a query vector of the active model's {dim} values"
+        for name in ("SearchQuery", "SearchTarget"):
+            vector = schemas[name]["properties"]["vector"]
+            vector.update(minItems=dim, maxItems=dim)
+            vector["description"] = f"a query vector of the active model's {dim} values"
 
 
 def add_links(document: dict[str, Any]) -> None:

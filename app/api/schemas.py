@@ -6,9 +6,11 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationInfo,
     create_model,
     field_validator,
@@ -16,10 +18,17 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from app.services.catalog import LABEL_MAX
+from app.services.catalog import EXTERNAL_ID_MAX, EXTERNAL_ID_PATTERN, LABEL_MAX, LABEL_PATTERN
+from app.store.filters import FIELD_PATTERN, MAX_FIELDS, MAX_VALUES, ItemFilter
 from model.recipe import TUNABLE_FIELDS, TrainRecipe
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_QUERIES = 256  # queries in one batch search
+
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN.pattern)]
+ExternalId = Annotated[
+    str, StringConstraints(pattern=EXTERNAL_ID_PATTERN.pattern, max_length=EXTERNAL_ID_MAX)
+]
 
 
 class Strict(BaseModel):
@@ -180,8 +189,42 @@ def _nonzero_vector(schema: dict[str, Any]) -> None:
     schema["contains"] = {"not": {"const": 0}}
 
 
-class SearchOptions(Strict):
-    """The options of a search by image (multipart fields beside the file)."""
+def _check_filter(value: dict[str, Any]) -> dict[str, Any]:
+    ItemFilter.parse(value)  # the rules the store applies, as a 422
+    return value
+
+
+FilterScalar = (
+    (Annotated[str, Field(max_length=1024)] | Annotated[int, Field(ge=-MAX_ID - 1, le=MAX_ID)])
+    | float
+    | bool
+    | None
+)
+Filter = Annotated[
+    dict[
+        Annotated[str, StringConstraints(pattern=FIELD_PATTERN.pattern)],
+        FilterScalar | Annotated[list[FilterScalar], Field(min_length=1, max_length=MAX_VALUES)],
+    ],
+    Field(
+        max_length=MAX_FIELDS,
+        description=(
+            "exact matches an item must meet, all of them: 'label', 'external_id' or "
+            "'metadata.<key>' (nested keys joined by '.') to a JSON value, or to a list of "
+            "values any of which matches; applied before the nearest-neighbour search"
+        ),
+        examples=[{"label": "cat", "metadata.source": "cifar"}],
+        json_schema_extra={"additionalProperties": False},
+    ),
+    AfterValidator(_check_filter),
+]
+
+
+class Filtered(Strict):
+    filter: SkipJsonSchema[None] | Filter = Field(default=None, json_schema_extra=_without_default)
+
+
+class SearchOptions(Filtered):
+    """The options of a search (in multipart, fields beside the files; 'filter' as JSON)."""
 
     k: int = Field(default=10, ge=1, le=1000)
     label: str | None = Field(
@@ -189,15 +232,26 @@ class SearchOptions(Strict):
     )
 
 
-class SearchQuery(SearchOptions, JsonBody):
-    """Search by a stored item's id or by a vector: exactly one of them."""
+class ImageData(JsonBody):
+    """An image in a JSON body."""
+
+    data: str = Field(
+        min_length=1,
+        description="the image file's bytes in base64 (a 'data:image/...;base64,' prefix is"
+        " allowed); the whole body is bounded by EMBED_MAX_UPLOAD_MB",
+        json_schema_extra={"contentEncoding": "base64"},
+    )
+    filename: str | None = Field(default=None, max_length=1024, description="for display only")
+
+
+class SearchTarget(JsonBody):
+    """What to search near: a stored item's id, a vector or an image, exactly one of them."""
 
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         json_schema_extra={
-            "examples": [{"id": 1, "k": 5}, {"id": 1, "k": 10, "label": "cat"}],
-            "oneOf": [{"required": ["id"]}, {"required": ["vector"]}],
+            "oneOf": [{"required": ["id"]}, {"required": ["vector"]}, {"required": ["image"]}]
         },
     )
 
@@ -212,15 +266,53 @@ class SearchQuery(SearchOptions, JsonBody):
             json_schema_extra=_nonzero_vector,
         )
     )
+    image: SkipJsonSchema[None] | ImageData = Field(
+        default=None, json_schema_extra=_without_default
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _exactly_one_kind(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            given = [name for name in ("id", "vector") if name in data]
+            given = [name for name in ("id", "vector", "image") if name in data]
             if len(given) != 1 or data[given[0]] is None:
-                raise ValueError("give exactly one of 'id' and 'vector', not null")
+                raise ValueError("give exactly one of 'id', 'vector' and 'image', not null")
         return data
+
+
+class SearchQuery(SearchOptions, SearchTarget):
+    """One query and the search options."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"id": 1, "k": 5},
+                {"id": 1, "k": 10, "filter": {"label": "cat", "metadata.source": "cifar"}},
+                {"image": {"data": "<base64 of a JPEG>", "filename": "cat.jpg"}, "k": 3},
+            ],
+            "oneOf": [{"required": ["id"]}, {"required": ["vector"]}, {"required": ["image"]}],
+        },
+    )
+
+
+class BatchSearchQuery(SearchOptions, JsonBody):
+    """Several queries with one set of options, answered in order."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"queries": [{"id": 1}, {"id": 2}], "k": 5, "filter": {"label": "cat"}}]
+        },
+    )
+
+    queries: list[SearchTarget] = Field(
+        min_length=1,
+        max_length=MAX_QUERIES,
+        description=f"at most {MAX_QUERIES}, of which at most EMBED_MAX_FILES images",
+    )
 
 
 class Neighbor(BaseModel):
@@ -235,13 +327,68 @@ class Prediction(BaseModel):
     confidence: float
 
 
-class SearchResponse(BaseModel):
-    model_version: str
+class SearchHits(BaseModel):
     neighbors: list[Neighbor]
     prediction: Prediction | None
 
 
-class ClusterRequest(JsonBody):
+class SearchResponse(SearchHits):
+    model_version: str
+
+
+class BatchSearchResponse(BaseModel):
+    model_version: str
+    results: list[SearchHits] = Field(description="one per query, in the queries' order")
+
+
+class EmbedJson(JsonBody):
+    """Images to embed, as a JSON body."""
+
+    images: list[ImageData] = Field(min_length=1, description="at most EMBED_MAX_FILES")
+
+
+class ItemFields(Strict):
+    labels: list[Label] | None = Field(
+        default=None, description="one label per image, or one for all"
+    )
+    external_ids: list[ExternalId] | None = Field(
+        default=None, description="your own id for each image, one per image (none may be in use)"
+    )
+
+
+class ItemsForm(ItemFields):
+    """The text fields of a multipart ``POST /items``."""
+
+    metadata: str | None = Field(
+        default=None, description="a JSON object for every file (or a list, one per file)"
+    )
+
+
+class ItemsJson(ItemFields, JsonBody):
+    """Labelled images to store, as a JSON body."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "images": [{"data": "<base64 of a JPEG>", "filename": "tom.jpg"}],
+                    "labels": ["cat"],
+                    "metadata": {"source": "catalogue"},
+                    "external_ids": ["sku-1041"],
+                }
+            ]
+        },
+    )
+
+    images: list[ImageData] = Field(min_length=1, description="at most EMBED_MAX_FILES")
+    metadata: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        default=None, description="an object for every image, or a list of objects, one per image"
+    )
+
+
+class ClusterRequest(Filtered, JsonBody):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,

@@ -24,6 +24,7 @@ from app.store.database import (
     NewItem,
     VectorPage,
 )
+from app.store.filters import ItemFilter
 from app.store.images import EXTENSIONS, ImageStore
 from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
@@ -57,6 +58,15 @@ class Neighbor:
     label: str | None
     score: float
     filename: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query of a search: an image, a stored item's id or a vector."""
+
+    upload: DecodedUpload | None = None
+    item_id: int | None = None
+    vector: Sequence[float] | None = None
 
 
 @dataclass
@@ -217,8 +227,10 @@ class Catalog:
             raise NotFound(f"item {item!r} not found")
         return record
 
-    def list(self, label: str | None, limit: int, offset: int) -> tuple[list[ItemRecord], int]:
-        return self.db.list_items(label, limit, offset)
+    def list_items(
+        self, item_filter: ItemFilter | None, limit: int, offset: int
+    ) -> tuple[list[ItemRecord], int]:
+        return self.db.list_items(item_filter, limit, offset)
 
     def delete(self, item: int | str) -> ItemRecord:
         """Deletes the item with this item id (an int) or external id (a str)."""
@@ -240,71 +252,83 @@ class Catalog:
     # --- search ----------------------------------------------------------------------------
 
     def search(
-        self,
-        *,
-        upload: DecodedUpload | None = None,
-        item_id: int | None = None,
-        vector: Sequence[float] | None = None,
-        k: int,
-        label: str | None = None,
-    ) -> SearchResult:
+        self, queries: Sequence[Query], k: int, item_filter: ItemFilter | None = None
+    ) -> list[SearchResult]:
+        """The ``k`` nearest items (those matching ``item_filter``) to each query, in order.
+        The queries' images share one forward pass and all queries one index search; the
+        filter picks the candidate ids before the search, so ``k`` results come back
+        whenever ``k`` items match."""
         snapshot = self.runtime.snapshot
-        exclude: int | None = None
-        if upload is not None:
-            query = self.runtime.embed_uploads(snapshot.embedder, [upload])
-        elif item_id is not None:
-            # from the snapshot's own index, so the query and the index are of one model
-            stored = snapshot.index.vector(item_id)
-            if stored is None:
-                raise NotFound(f"item {item_id} not found")
-            query, exclude = stored[None, :], item_id
-        elif vector is not None:
-            query = self._vector_query(vector, snapshot.embedder.dim)
-        else:
-            raise BadRequest("give an image file, an item id or a vector")
-        allowed = self.db.ids_with_label(label) if label is not None else None
-        if allowed is not None and len(allowed) == 0:
-            return SearchResult(snapshot.version, [], None)
+        uploads = [q.upload for q in queries if q.upload is not None]
+        embedded = iter(self.runtime.embed_uploads(snapshot.embedder, uploads) if uploads else [])
+        rows, excluded = [], []
+        for number, q in enumerate(queries):
+            exclude: int | None = None
+            if q.upload is not None:
+                row = next(embedded)
+            elif q.item_id is not None:
+                # from the snapshot's own index, so the query and the index are of one model
+                stored = snapshot.index.vector(q.item_id)
+                if stored is None:
+                    raise NotFound(f"item {q.item_id} not found")
+                row, exclude = stored, q.item_id
+            elif q.vector is not None:
+                row = self._vector_query(q.vector, snapshot.embedder.dim, number)
+            else:
+                raise BadRequest(f"query {number}: give an image, an item id or a vector")
+            rows.append(row)
+            excluded.append(exclude)
+        allowed = self.db.ids_matching(item_filter) if item_filter is not None else None
+        if not queries or (allowed is not None and len(allowed) == 0):
+            return [SearchResult(snapshot.version, [], None) for _ in queries]
         # a few spare results stand in for items deleted between the search and the lookup
-        spare = (1 if exclude is not None else 0) + SPARE_RESULTS
-        scores, ids = snapshot.index.search(query, k + spare, allowed)
+        spare = (1 if any(e is not None for e in excluded) else 0) + SPARE_RESULTS
+        scores, ids = snapshot.index.search(np.stack(rows), k + spare, allowed)
         hits = [
-            (int(i), float(s))
-            for i, s in zip(ids[0], scores[0], strict=True)
-            if i >= 0 and int(i) != exclude
+            [
+                (int(i), float(s))
+                for i, s in zip(ids_row, scores_row, strict=True)
+                if i >= 0 and int(i) != exclude
+            ]
+            for ids_row, scores_row, exclude in zip(ids, scores, excluded, strict=True)
         ]
-        records = self.db.get_items([i for i, _ in hits])
-        neighbors = [
-            Neighbor(i, records[i].label, score, records[i].filename)
-            for i, score in hits
-            if i in records
-        ][:k]
-        return SearchResult(snapshot.version, neighbors, predict(neighbors))
+        records = self.db.get_items(sorted({i for row in hits for i, _ in row}))
+        results = []
+        for row in hits:
+            neighbors = [
+                Neighbor(i, records[i].label, score, records[i].filename)
+                for i, score in row
+                if i in records
+            ][:k]
+            results.append(SearchResult(snapshot.version, neighbors, predict(neighbors)))
+        return results
 
     @staticmethod
-    def _vector_query(vector: Sequence[float], dim: int) -> np.ndarray:
+    def _vector_query(vector: Sequence[float], dim: int, number: int) -> np.ndarray:
         if len(vector) != dim:
-            raise BadRequest(f"vector must have {dim} values, got {len(vector)}")
+            raise BadRequest(
+                f"query {number}: the vector must have {dim} values, not {len(vector)}"
+            )
         query = np.asarray(vector, dtype=np.float64)
         if not np.all(np.isfinite(query)):
-            raise BadRequest("vector values must be finite numbers")
+            raise BadRequest(f"query {number}: vector values must be finite numbers")
         largest = float(np.max(np.abs(query)))
         if largest == 0.0:
-            raise BadRequest("vector must be non-zero")
+            raise BadRequest(f"query {number}: the vector must be non-zero")
         query = query / largest  # so that the norm of huge or tiny values stays finite
-        return (query / np.linalg.norm(query)).astype(np.float32)[None, :]
+        return (query / np.linalg.norm(query)).astype(np.float32)
 
     # --- clustering ------------------------------------------------------------------------
 
     def cluster(
         self,
         k: int | str,
-        label: str | None,
+        item_filter: ItemFilter | None,
         seed: int,
         projection: bool = False,
         limit: int = 1000,
     ) -> dict[str, Any]:
-        """k-means over the stored items (those with ``label``, if given).
+        """k-means over the stored items (those matching ``item_filter``, if given).
 
         Memory and time stay bounded however many items there are: k-means is fitted on at
         most ``cluster_sample`` vectors (a seeded sample), every item is then assigned to its
@@ -312,9 +336,9 @@ class Catalog:
         points) of the first ``limit`` items only. Sizes, label counts and metrics cover all."""
         snapshot = self.runtime.snapshot
         version, dim = snapshot.version, snapshot.embedder.dim
-        ids = self.db.vector_ids(version, label)
+        ids = self.db.vector_ids(version, item_filter)
         if len(ids) == 0:
-            raise Conflict("there are no items to cluster")
+            raise Conflict("there are no items to cluster" + (" that match" if item_filter else ""))
         if isinstance(k, int) and k > len(ids):
             raise Conflict(f"k={k} is more than the {len(ids)} items to cluster")
         fit_ids = ids

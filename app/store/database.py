@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from app.store.filters import ItemFilter
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -372,12 +374,15 @@ class Database:
         return found
 
     def list_items(
-        self, label: str | None, limit: int, offset: int
+        self, item_filter: ItemFilter | None, limit: int, offset: int
     ) -> tuple[list[ItemRecord], int]:
-        where, params = ("WHERE label = ?", [label]) if label is not None else ("", [])
-        total = self._query(f"SELECT COUNT(*) AS n FROM items {where}", params)[0]["n"]
+        """A page of the items that match ``item_filter`` (all without one), by id, and how
+        many match."""
+        where, params = (item_filter or ItemFilter()).where()
+        total = self._query(f"SELECT COUNT(*) AS n FROM items WHERE {where}", params)[0]["n"]
         rows = self._query(
-            f"SELECT * FROM items {where} ORDER BY id LIMIT ? OFFSET ?", [*params, limit, offset]
+            f"SELECT * FROM items WHERE {where} ORDER BY id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
         return [_item(r) for r in rows], int(total)
 
@@ -396,8 +401,9 @@ class Database:
     def image_in_use(self, image_hash: str) -> bool:
         return bool(self._query("SELECT 1 FROM items WHERE image_hash = ? LIMIT 1", (image_hash,)))
 
-    def ids_with_label(self, label: str) -> np.ndarray:
-        rows = self._query("SELECT id FROM items WHERE label = ?", (label,))
+    def ids_matching(self, item_filter: ItemFilter) -> np.ndarray:
+        where, params = item_filter.where()
+        rows = self._query(f"SELECT id FROM items WHERE {where}", params)
         return np.array([r["id"] for r in rows], dtype=np.int64)
 
     def labelled_items(self) -> list[tuple[int, str | None]]:
@@ -418,17 +424,15 @@ class Database:
         vectors = np.frombuffer(b"".join(r["vector"] for r in rows), dtype=np.float32)
         return ids, vectors.reshape(len(rows), dim).copy()
 
-    def vector_ids(self, model_version: str, label: str | None = None) -> np.ndarray:
-        """The ids of the existing items (with ``label``, if given) that have a vector of
-        ``model_version``, ascending."""
-        sql = (
-            "SELECT v.item_id FROM vectors v JOIN items i ON i.id = v.item_id "
-            "WHERE v.model_version = ?"
+    def vector_ids(self, model_version: str, item_filter: ItemFilter | None = None) -> np.ndarray:
+        """The ids of the existing items (matching ``item_filter``, if given) that have a
+        vector of ``model_version``, ascending."""
+        where, params = (item_filter or ItemFilter()).where()
+        rows = self._query(
+            "SELECT v.item_id FROM vectors v JOIN items ON items.id = v.item_id "
+            f"WHERE v.model_version = ? AND {where} ORDER BY v.item_id",
+            (model_version, *params),
         )
-        params: tuple[Any, ...] = (model_version,)
-        if label is not None:
-            sql, params = sql + " AND i.label = ?", (model_version, label)
-        rows = self._query(sql + " ORDER BY v.item_id", params)
         return np.array([r["item_id"] for r in rows], dtype=np.int64)
 
     def vectors_of(self, model_version: str, ids: np.ndarray, dim: int) -> np.ndarray:

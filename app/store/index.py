@@ -30,6 +30,7 @@ from model.checkpoint import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 IndexKind = Literal["flat", "ivf"]
+EXACT_FILTER_MAX = 20_000  # allowed ids an IVF index compares exactly (see VectorIndex.search)
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,14 @@ class VectorIndex:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per query; ``allowed`` restricts results to those ids.
-        Missing results have id -1."""
+        Missing results have id -1.
+
+        An approximate (IVF) index searches only ``nprobe`` lists, which may hold fewer than
+        ``k`` allowed ids when few are allowed; up to ``EXACT_FILTER_MAX`` allowed ids are
+        therefore compared with the queries exactly."""
         data = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.kind == "ivf" and allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
+            return self._search_among(data, k, allowed)
         selector = faiss.IDSelectorBatch(allowed.astype(np.int64)) if allowed is not None else None
         if self.kind == "ivf":
             params: Any = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)  # type: ignore[call-arg]
@@ -129,6 +136,30 @@ class VectorIndex:
             k = max(1, min(k, max(1, self._index.ntotal)))
             scores, ids = self._index.search(data, k, params=params)
         return scores, ids
+
+    def _search_among(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        present, rows = [], []
+        with self._lock:
+            for item_id in allowed.tolist():
+                try:
+                    rows.append(self._index.reconstruct(int(item_id)))
+                except (RuntimeError, IndexError):  # deleted since the ids were read
+                    continue
+                present.append(item_id)
+        ids = np.array(present, dtype=np.int64)
+        vectors = np.array(rows, dtype=np.float32).reshape(len(rows), self.dim)
+        k = max(1, k)
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        if len(ids):
+            similarity = queries @ vectors.T
+            top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+            n = top.shape[1]
+            scores[:, :n] = np.take_along_axis(similarity, top, axis=1)
+            found[:, :n] = ids[top]
+        return scores, found
 
     def save(self, directory: Path, generation: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)

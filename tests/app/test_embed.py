@@ -17,7 +17,7 @@ def test_embed_returns_unit_vectors(client: TestClient) -> None:
     assert body["dim"] == 128 and len(body["embeddings"]) == 3
     vector = body["embeddings"][0]["vector"]
     assert sum(x * x for x in vector) == pytest.approx(1.0, abs=1e-3)
-    assert client.post("/embed").status_code == 422
+    assert client.post("/embed").status_code == 415  # neither multipart nor JSON
 
 
 def test_npy_answer_holds_the_json_answers_vectors(client: TestClient) -> None:

@@ -41,6 +41,24 @@ def test_ivf_recall_on_real_embeddings(real_vectors: np.ndarray) -> None:
     assert recall >= 0.95
 
 
+def test_a_selective_filter_on_an_ivf_index_still_gets_k_exact_results(
+    real_vectors: np.ndarray,
+) -> None:
+    """Few allowed ids may sit in lists the probe skips; they are compared exactly."""
+    ids = np.arange(1, len(real_vectors) + 1)
+    approx = VectorIndex.build("v", ids, real_vectors, IndexPolicy(kind="ivf", nprobe=1))
+    allowed = ids[::150]  # 20 ids scattered over the lists, one being deleted
+    approx.remove(allowed[:1])
+    queries = real_vectors[:5]
+    scores, found = approx.search(queries, 10, allowed)
+    among = real_vectors[allowed[1:] - 1]
+    expected = allowed[1:][np.argsort(-(queries @ among.T), axis=1, kind="stable")[:, :10]]
+    np.testing.assert_array_equal(found, expected)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    _, few = approx.search(queries[:1], 30, allowed)  # more wanted than allowed: -1 pads
+    assert list(few[0][19:]) == [-1] * 11 and -1 not in few[0][:19]
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_remove_filter_and_save_load(kind: str, real_vectors: np.ndarray, tmp_path: Path) -> None:
     vectors = real_vectors[:800]

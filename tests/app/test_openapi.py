@@ -66,8 +66,12 @@ def test_the_served_document_states_run_time_limits_and_links(client: TestClient
     assert vector["minItems"] == vector["maxItems"] == 128  # the active model's dimension
     k = next(c for c in schemas["ClusterRequest"]["properties"]["k"]["anyOf"] if "type" in c)
     assert k["maximum"] == 1000  # EMBED_MAX_K
-    files = schemas["Body_add_items"]["properties"]["files"]
+    add_items = document["paths"]["/items"]["post"]["requestBody"]["content"]
+    files = add_items["multipart/form-data"]["schema"]["properties"]["files"]
     assert (files["minItems"], files["maxItems"]) == (1, 64)  # EMBED_MAX_FILES
+    assert schemas["ItemsJson"]["properties"]["images"]["maxItems"] == 64
+    batch_vector = schemas["SearchTarget"]["properties"]["vector"]
+    assert batch_vector["minItems"] == batch_vector["maxItems"] == 128
     created = document["paths"]["/items"]["post"]["responses"]["201"]["links"]
     assert created["GetItem"] == {
         "operationId": "get_item",

@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -104,3 +106,53 @@ def test_bad_content(stocked: TestClient) -> None:
         "/search", files={"file": cifar_upload("cat", 0, 1)[0][1]}, data={"k": "x"}
     )
     assert bad_k.status_code == 422
+
+
+def test_batch_search_by_images_answers_each_in_order(stocked: TestClient) -> None:
+    queries = cifar_upload("cat", 100, 2) + cifar_upload("bird", 100, 2)
+    response = stocked.post("/search", files=queries, data={"k": "3"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["results"]) == 4 and body["model_version"]
+    for (_, file), result in zip(queries, body["results"], strict=True):
+        alone = stocked.post("/search", files={"file": file}, data={"k": "3"}).json()
+        assert result["neighbors"] == alone["neighbors"]
+        assert result["prediction"] == alone["prediction"]
+
+
+def test_batch_search_mixes_ids_vectors_and_images(stocked: TestClient) -> None:
+    vector = stocked.get("/items/3", params={"include": "vector"}).json()["vector"]
+    image = base64.b64encode(cifar_upload("bird", 2, 1)[0][1][1]).decode()
+    queries = [{"id": 3}, {"vector": vector}, {"image": {"data": image}}, {"id": 9}]
+    response = stocked.post("/search", json={"queries": queries, "k": 4, "label": "cat"})
+    assert response.status_code == 200, response.text
+    by_id, by_vector, by_image, bird = response.json()["results"]
+    assert 3 not in [n["id"] for n in by_id["neighbors"]]  # a stored item leaves itself out
+    assert by_vector["neighbors"][0]["id"] == 3  # ... a vector query does not
+    assert [n["id"] for n in by_vector["neighbors"][1:]] == [
+        n["id"] for n in by_id["neighbors"][:3]
+    ]
+    for result in (by_id, by_vector, by_image, bird):
+        assert len(result["neighbors"]) == 4
+        assert {n["label"] for n in result["neighbors"]} == {"cat"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"queries": []}, 422),
+        ({"queries": [{"id": 1}] * 257}, 422),
+        ({"queries": [{"id": 1}, {}]}, 422),
+        ({"queries": [{"id": 1}, {"vector": [0.1] * 5}]}, 422),
+        ({"queries": [{"id": 1}, {"id": 99999}]}, 404),
+        ({"queries": [{"id": 1}], "id": 2}, 422),
+        ({"queries": {"id": 1}}, 422),
+    ],
+)
+def test_bad_batch_queries(stocked: TestClient, body: dict, status: int) -> None:
+    assert stocked.post("/search", json=body).status_code == status
+
+
+def test_file_and_files_together_are_refused(stocked: TestClient) -> None:
+    files = [("file", cifar_upload("cat", 0, 1)[0][1]), *cifar_upload("cat", 1, 1)]
+    assert stocked.post("/search", files=files).status_code == 400

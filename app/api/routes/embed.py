@@ -1,20 +1,44 @@
-"""Embedding uploaded images without storing them."""
+"""Embedding images without storing them."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Header, Response, UploadFile
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api.bodies import json_object, single_fields, validate
 from app.api.deps import ServicesDep
 from app.api.responses import UPLOAD_ERRORS, errors
-from app.api.schemas import Embedding, EmbedResponse
-from app.api.uploads import read_files
+from app.api.schemas import Embedding, EmbedJson, EmbedResponse
+from app.api.uploads import form_files, json_files
 from app.api.vectors import NPY_MEDIA_TYPE, npy_response, prefers_npy
+from app.errors import UnsupportedMedia
 
 router = APIRouter(tags=["embeddings"])
 
+OPENAPI_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more images",
+                        }
+                    },
+                    "additionalProperties": False,
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/EmbedJson"}},
+        },
+    }
+}
 NPY_ANSWER = {
     "description": (
         f"The vectors as JSON; with `Accept: {NPY_MEDIA_TYPE}`, as one float32 NumPy array of "
@@ -33,14 +57,26 @@ NPY_ANSWER = {
     "/embed",
     response_model=EmbedResponse,
     summary="Embed images",
+    description="Images as multipart `files`, or as base64 in JSON (`EmbedJson`).",
+    openapi_extra=OPENAPI_BODY,
     responses={**errors(*UPLOAD_ERRORS), 200: NPY_ANSWER},
 )
 async def embed(
+    request: Request,
     services: ServicesDep,
-    files: Annotated[list[UploadFile], File(description="one or more images")],
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> EmbedResponse | Response:
-    raw = await read_files(files)
+    max_files = services.settings.max_files
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        async with request.form(max_files=max_files, max_fields=8) as form:
+            single_fields(form, {"files"}, repeatable=frozenset({"files"}))
+            raw = await form_files(form, "files")
+    elif content_type.startswith("application/json"):
+        body = validate(EmbedJson, await json_object(request))
+        raw = await run_in_threadpool(json_files, body.images, max_files, ("body", "images"))
+    else:
+        raise UnsupportedMedia("send multipart/form-data 'files', or JSON images")
     snapshot = services.runtime.snapshot
 
     def work() -> list[list[float]] | Response:

@@ -10,25 +10,32 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
-from pydantic import Field, StringConstraints
+from pydantic import Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from app.api.bodies import form_properties, json_object, single_fields, validate, validation_error
 from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import UPLOAD_ERRORS, errors
-from app.api.schemas import MAX_ID, Item, ItemList, ItemsCreated, ItemSummary
-from app.api.uploads import read_files
-from app.errors import BadRequest, Replayed
-from app.services.catalog import (
-    EXTERNAL_ID_MAX,
-    EXTERNAL_ID_PATTERN,
-    LABEL_MAX,
-    LABEL_PATTERN,
-    MAX_METADATA_BYTES,
+from app.api.schemas import (
+    MAX_ID,
+    ExternalId,
+    Filter,
+    Item,
+    ItemList,
+    ItemsCreated,
+    ItemsForm,
+    ItemsJson,
+    ItemSummary,
+    Label,
 )
+from app.api.uploads import form_files, json_files, read_files
+from app.errors import BadRequest, Replayed, UnsupportedMedia
+from app.services.catalog import LABEL_MAX, MAX_METADATA_BYTES
 from app.store.database import IdempotencyKey, ItemRecord
+from app.store.filters import ItemFilter
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -41,15 +48,11 @@ IMAGE_TYPES = {
     "avif": "image/avif",
     "heic": "image/heic",
 }
-ExternalId = Annotated[
-    str, StringConstraints(pattern=EXTERNAL_ID_PATTERN.pattern, max_length=EXTERNAL_ID_MAX)
-]
 ItemNumber = Annotated[int, Field(ge=1, le=MAX_ID)]
 ItemRef = Annotated[
     ItemNumber | ExternalId,
     Path(description="the item id, or the external id the caller gave the item"),
 ]
-Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN.pattern)]
 
 
 def _labels(labels: list[str] | None, count: int) -> list[str | None]:
@@ -102,42 +105,80 @@ def to_item(record: ItemRecord, model_version: str) -> Item:
     )
 
 
+OPENAPI_ADD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "one or more images",
+                        },
+                        **form_properties(ItemsForm),
+                    },
+                    "additionalProperties": False,
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/ItemsJson"}},
+        },
+    }
+}
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ItemsCreated,
     summary="Store labelled images",
+    description="Images as multipart `files` (with `labels`, `metadata` as JSON text and "
+    "`external_ids` fields), or as base64 in JSON (`ItemsJson`).",
+    openapi_extra=OPENAPI_ADD_BODY,
     responses=errors(*UPLOAD_ERRORS, 409),
 )
 async def add_items(
-    services: ServicesDep,
-    files: Annotated[list[UploadFile], File(description="one or more images")],
-    labels: Annotated[
-        list[Label] | None, Form(description="one label per file, or one for all")
-    ] = None,
-    metadata: Annotated[
-        str | None, Form(description="JSON object, or list of objects, one per file")
-    ] = None,
-    external_ids: Annotated[
-        list[ExternalId] | None,
-        Form(description="your own id for each file, one per file (none may be in use)"),
-    ] = None,
-    idempotency_key: IdempotencyKeyHeader = None,
+    request: Request, services: ServicesDep, idempotency_key: IdempotencyKeyHeader = None
 ) -> ItemsCreated:
-    raw = await read_files(files)
-    item_labels = _labels(labels, len(raw))
-    item_metadata = _metadata(metadata, len(raw))
-    item_external_ids = _external_ids(external_ids, len(raw))
+    max_files = services.settings.max_files
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        fields = {"files", "labels", "metadata", "external_ids"}
+        repeatable = frozenset({"files", "labels", "external_ids"})
+        async with request.form(max_files=max_files, max_fields=2 * max_files + 8) as form:
+            text = single_fields(form, fields, repeatable)
+            body = validate(
+                ItemsForm,
+                {
+                    "labels": form.getlist("labels") or None,
+                    "external_ids": form.getlist("external_ids") or None,
+                    "metadata": text.get("metadata") or None,
+                },
+            )
+            raw = await form_files(form, "files")
+        metadata = _metadata(body.metadata, len(raw))
+    elif content_type.startswith("application/json"):
+        json_body = validate(ItemsJson, await json_object(request))
+        raw = await run_in_threadpool(json_files, json_body.images, max_files, ("body", "images"))
+        body = ItemsForm(labels=json_body.labels, external_ids=json_body.external_ids)
+        metadata = _metadata(
+            json.dumps(json_body.metadata) if json_body.metadata is not None else None, len(raw)
+        )
+    else:
+        raise UnsupportedMedia("send multipart/form-data 'files', or JSON images")
+    item_labels = _labels(body.labels, len(raw))
+    item_external_ids = _external_ids(body.external_ids, len(raw))
     idempotency = None
     if idempotency_key is not None:
-        request = [raw_files_digest(raw), labels, metadata, external_ids]
-        idempotency = IdempotencyKey("add_items", idempotency_key, fingerprint(request))
+        request_print = [raw_files_digest(raw), item_labels, metadata, item_external_ids]
+        idempotency = IdempotencyKey("add_items", idempotency_key, fingerprint(request_print))
 
     def work() -> list[ItemRecord]:
         uploads = services.runtime.decode(raw)
-        return services.catalog.add(
-            uploads, item_labels, item_metadata, item_external_ids, idempotency
-        )
+        return services.catalog.add(uploads, item_labels, metadata, item_external_ids, idempotency)
 
     try:
         records = await run_in_threadpool(work)
@@ -151,14 +192,43 @@ async def add_items(
     )
 
 
+FILTER_ADAPTER: TypeAdapter[dict[str, Any]] = TypeAdapter(Filter)
+
+
+def parse_filter(raw: str | None, label: str | None) -> ItemFilter | None:
+    """The ``filter`` query parameter (a JSON object, see ``Filter``) with ``label``."""
+    if raw is None:
+        return ItemFilter.combine(label, None)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise validation_error(("query", "filter"), f"not valid JSON: {exc.msg}") from exc
+    try:
+        checked = FILTER_ADAPTER.validate_python(value, strict=True)
+    except ValueError as exc:
+        raise validation_error(("query", "filter"), str(exc).splitlines()[-2].strip()) from exc
+    return ItemFilter.combine(label, ItemFilter.parse(checked))
+
+
 @router.get("", response_model=ItemList, summary="List items", responses=errors(422))
 async def list_items(
     services: ServicesDep,
     label: Annotated[str | None, Query(max_length=LABEL_MAX)] = None,
+    filter: Annotated[
+        str | None,
+        Query(
+            max_length=65_536,
+            description="exact matches as a JSON object, as in search: "
+            '{"label": "cat", "metadata.source": "cifar"}',
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> ItemList:
-    records, total = await run_in_threadpool(services.catalog.list, label, limit, offset)
+    item_filter = parse_filter(filter, label)
+    records, total = await run_in_threadpool(
+        services.catalog.list_items, item_filter, limit, offset
+    )
     version = services.runtime.snapshot.version
     return ItemList(
         items=[to_item(r, version) for r in records], total=total, limit=limit, offset=offset

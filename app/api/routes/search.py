@@ -1,7 +1,9 @@
-"""Nearest-neighbour search by uploaded image, stored item id or vector."""
+"""Nearest-neighbour search by image, stored item id or vector: one query, or several
+answered in order with one forward pass for their images."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,10 +19,22 @@ from app.api.bodies import (
 )
 from app.api.deps import ServicesDep
 from app.api.responses import UPLOAD_ERRORS, errors
-from app.api.schemas import Neighbor, Prediction, SearchOptions, SearchQuery, SearchResponse
-from app.api.uploads import display_name
+from app.api.schemas import (
+    BatchSearchQuery,
+    BatchSearchResponse,
+    Neighbor,
+    Prediction,
+    SearchHits,
+    SearchOptions,
+    SearchQuery,
+    SearchResponse,
+    SearchTarget,
+)
+from app.api.uploads import display_name, form_files, json_files
+from app.container import Services
 from app.errors import BadRequest, UnsupportedMedia
-from app.services.catalog import SearchResult
+from app.services.catalog import Query, SearchResult
+from app.store.filters import ItemFilter
 
 router = APIRouter(tags=["search"])
 
@@ -31,15 +45,31 @@ OPENAPI_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "one query image (the answer is a SearchResponse)",
+                        },
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "several query images (a BatchSearchResponse)",
+                        },
                         **form_properties(SearchOptions),
                     },
+                    "oneOf": [{"required": ["file"]}, {"required": ["files"]}],
                     "additionalProperties": False,
                 }
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/SearchQuery"}},
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/SearchQuery"},
+                        {"$ref": "#/components/schemas/BatchSearchQuery"},
+                    ]
+                }
+            },
         },
     }
 }
@@ -47,41 +77,94 @@ OPENAPI_BODY: dict[str, Any] = {
 
 @router.post(
     "/search",
-    response_model=SearchResponse,
+    response_model=SearchResponse | BatchSearchResponse,
     summary="Nearest stored items and a kNN label prediction",
+    description="One query (multipart `file`, or JSON `SearchQuery`) gets a SearchResponse;"
+    " several (multipart `files`, or JSON `BatchSearchQuery`) get a BatchSearchResponse,"
+    " results in the queries' order. `filter` restricts the candidates before the search.",
     openapi_extra=OPENAPI_BODY,
     responses=errors(*UPLOAD_ERRORS, 404),
 )
-async def search(request: Request, services: ServicesDep) -> SearchResponse:
+async def search(request: Request, services: ServicesDep) -> SearchResponse | BatchSearchResponse:
+    max_files = services.settings.max_files
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        async with request.form(max_files=1, max_fields=8) as form:
-            fields = single_fields(form, {"file", "k", "label"})
+        allowed = {"file", "files", "k", "label", "filter"}
+        async with request.form(max_files=max_files, max_fields=8) as form:
+            fields = single_fields(form, allowed, repeatable=frozenset({"files"}))
+            batch = bool(form.getlist("files"))
             upload = fields.pop("file", None)
-            if not isinstance(upload, UploadFile):
+            if batch and upload is not None:
+                raise BadRequest("give one query 'file' or several 'files', not both")
+            if batch:
+                raw = await form_files(form, "files")
+            elif isinstance(upload, UploadFile):
+                raw = [(display_name(upload.filename), await upload.read())]
+            else:
                 raise BadRequest("multipart search needs an image in the 'file' field")
-            options = validate(SearchOptions, {k: v for k, v in fields.items() if v != ""})
-            name, data = display_name(upload.filename), await upload.read()
-
-        def by_image() -> SearchResult:
-            decoded = services.runtime.decode([(name, data)])[0]
-            return services.catalog.search(upload=decoded, k=options.k, label=options.label)
-
-        result = await run_in_threadpool(by_image)
+            options = validate(SearchOptions, _form_options(fields))
+        targets: list[SearchTarget] | None = None  # the queries are the images
     elif content_type.startswith("application/json"):
-        query = validate(SearchQuery, await json_object(request))
-        dim = services.runtime.snapshot.embedder.dim
-        if query.vector is not None and len(query.vector) != dim:
-            raise validation_error(("body", "vector"), f"the vector must have {dim} values")
-        result = await run_in_threadpool(
-            lambda: services.catalog.search(
-                item_id=query.id, vector=query.vector, k=query.k, label=query.label
-            )
-        )
+        body = await json_object(request)
+        batch = "queries" in body
+        query: SearchOptions
+        if batch:
+            query = validate(BatchSearchQuery, body)
+            targets = list(query.queries)
+        else:
+            query = single = validate(SearchQuery, body)
+            targets = [single]
+        _check_targets(targets, services, batch)
+        images = [t.image for t in targets if t.image is not None]
+        location = ("body", "queries") if batch else ("body", "image")
+        raw = await run_in_threadpool(json_files, images, max_files, location)
+        options = query
     else:
-        raise UnsupportedMedia("send multipart/form-data with a 'file', or JSON")
-    return SearchResponse(
-        model_version=result.model_version,
-        neighbors=[Neighbor(**vars(n)) for n in result.neighbors],
-        prediction=Prediction(**result.prediction) if result.prediction else None,
+        raise UnsupportedMedia("send multipart/form-data with a 'file' or 'files', or JSON")
+    item_filter = ItemFilter.combine(
+        options.label, ItemFilter.parse(options.filter) if options.filter else None
     )
+
+    def work() -> list[SearchResult]:
+        uploads = iter(services.runtime.decode(raw))
+        if targets is None:
+            queries = [Query(upload=u) for u in uploads]
+        else:  # JSON: the decoded images stand in for the queries that have one, in order
+            queries = [
+                Query(upload=next(uploads)) if t.image else Query(item_id=t.id, vector=t.vector)
+                for t in targets
+            ]
+        return services.catalog.search(queries, options.k, item_filter)
+
+    results = await run_in_threadpool(work)
+    version = services.runtime.snapshot.version if not results else results[0].model_version
+    hits = [
+        SearchHits(
+            neighbors=[Neighbor(**vars(n)) for n in r.neighbors],
+            prediction=Prediction(**r.prediction) if r.prediction else None,
+        )
+        for r in results
+    ]
+    if batch:
+        return BatchSearchResponse(model_version=version, results=hits)
+    return SearchResponse(model_version=version, **dict(hits[0]))
+
+
+def _form_options(fields: dict[str, Any]) -> dict[str, Any]:
+    """The search options among multipart fields; ``filter`` is JSON text there."""
+    options = {k: v for k, v in fields.items() if v != ""}
+    if isinstance(options.get("filter"), str):
+        try:
+            options["filter"] = json.loads(options["filter"])
+        except json.JSONDecodeError as exc:
+            raise validation_error(("body", "filter"), f"not valid JSON: {exc.msg}") from exc
+    return options
+
+
+def _check_targets(targets: list[SearchTarget], services: Services, batch: bool) -> None:
+    """A limit only known at run time: the active model's vector length."""
+    dim = services.runtime.snapshot.embedder.dim
+    for number, target in enumerate(targets):
+        if target.vector is not None and len(target.vector) != dim:
+            location = ("body", "queries", number, "vector") if batch else ("body", "vector")
+            raise validation_error(location, f"the vector must have {dim} values")
