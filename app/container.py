@@ -10,6 +10,7 @@ import torch
 from app.observability import Metrics
 from app.services.batching import InferenceBatcher
 from app.services.catalog import Catalog
+from app.services.imports import Imports
 from app.services.models import ModelService
 from app.services.runtime import Runtime
 from app.services.seed import seed_gallery
@@ -30,6 +31,7 @@ class Services:
     catalog: Catalog
     models: ModelService
     jobs: TrainingJobs
+    imports: Imports
     metrics: Metrics
 
     @classmethod
@@ -51,19 +53,17 @@ class Services:
         models = ModelService(
             db, images, runtime, catalog, data / "models", data / "index", settings.backend
         )
+        max_archive_bytes = int(settings.max_archive_mb * 1024 * 1024)
         jobs = TrainingJobs(
-            db,
-            images,
-            models,
-            data / "jobs",
-            settings.train_roots,
-            int(settings.max_archive_mb * 1024 * 1024),
+            db, images, models, data / "jobs", settings.train_roots, max_archive_bytes
         )
-        return cls(settings, db, runtime, catalog, models, jobs, metrics)
+        imports = Imports(db, catalog, runtime, max_archive_bytes)
+        return cls(settings, db, runtime, catalog, models, jobs, imports, metrics)
 
     def start(self) -> None:
         """Blocking start-up work; the lifespan runs it in a worker thread."""
         self.jobs.recover()
+        self.imports.recover()
         self.models.start(self.settings.model_dir)
         backend = self.runtime.snapshot.embedder.backend
         if backend.startswith("openvino") and not self.settings.torch_threads:
@@ -78,6 +78,7 @@ class Services:
 
     def stop(self) -> None:
         self.jobs.shutdown()
+        self.imports.shutdown()
         self.models.save_index()
         self.runtime.shutdown()
         self.db.close()

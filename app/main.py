@@ -13,7 +13,18 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.middleware import ApiKeyAuth, RequestContext, UploadGuard
 from app.api.openapi import build_openapi
-from app.api.routes import cluster, embed, health, items, models, search, train, ui, vectors
+from app.api.routes import (
+    cluster,
+    embed,
+    health,
+    imports,
+    items,
+    models,
+    search,
+    train,
+    ui,
+    vectors,
+)
 from app.container import Services
 from app.errors import ServiceError
 from app.observability import Metrics
@@ -83,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
-    for module in (health, ui, models, embed, items, search, cluster, train, vectors):
+    for module in (health, ui, models, embed, items, imports, search, cluster, train, vectors):
         app.include_router(module.router)
 
     documents: dict[int | None, dict[str, Any]] = {}  # by the active model's vector length

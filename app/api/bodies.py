@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from app.errors import BadRequest
+from app.services.catalog import MAX_METADATA_BYTES
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -70,3 +71,20 @@ def single_fields(
     if unknown:
         raise BadRequest(f"unknown form fields: {unknown[:5]}")
     return {name: value for name, value in form.multi_items() if name not in repeatable}
+
+
+def metadata_objects(raw: str | None, count: int) -> list[dict[str, Any]]:
+    """A JSON object for every file, or a JSON list of objects, one per file."""
+    if raw is None or raw == "":
+        return [{}] * count
+    if len(raw.encode()) > MAX_METADATA_BYTES:
+        raise BadRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"metadata is not valid JSON: {exc.msg}") from exc
+    if isinstance(value, dict):
+        return [value] * count
+    if isinstance(value, list) and len(value) == count and all(isinstance(v, dict) for v in value):
+        return value
+    raise BadRequest("metadata must be a JSON object, or a list of objects, one per file")

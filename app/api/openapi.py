@@ -102,6 +102,14 @@ def describe_uploads(document: dict[str, Any], max_files: int) -> None:
         else:
             prop["minLength"] = 1
     _multipart(document, "/train")["encoding"] = {"archive": {"contentType": "application/zip"}}
+    _multipart(document, "/imports")["encoding"] = {
+        "archive": {"contentType": "application/zip"},
+        "metadata": {"contentType": "application/json"},
+    }
+    _resolve(document, _multipart(document, "/imports")["schema"])["properties"]["metadata"] = {
+        "type": "object",
+        "description": "a JSON object stored with every imported item",
+    }
     items = _multipart(document, "/items")
     items["encoding"]["metadata"] = {"contentType": "application/json"}
     _resolve(document, items["schema"])["properties"]["metadata"] = {

@@ -521,3 +521,26 @@ class Job(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[Job]
+
+
+class ImportFailure(BaseModel):
+    member: str = Field(description="the archive member's name")
+    detail: str
+
+
+class ImportJob(BaseModel):
+    import_id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    filename: str = Field(description="the uploaded archive's name")
+    total: int = Field(description="images in the archive")
+    added: int = Field(description="stored as items so far")
+    failed: int = Field(description="images that could not be decoded (skipped)")
+    failures: list[ImportFailure] = Field(description="the first 20 of them, and why")
+    labels: dict[str, int] = Field(description="items added per label (class folder)")
+    error: str | None = Field(description="why the import failed or stopped, if it did")
+    created_at: str
+    updated_at: str
+
+
+class ImportList(BaseModel):
+    imports: list[ImportJob]

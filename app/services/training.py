@@ -10,19 +10,16 @@ active model's on the same split).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import threading
 import time
 import uuid
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,10 +30,9 @@ from app.errors import (
     Forbidden,
     NotFound,
     NotReady,
-    PayloadTooLarge,
     ServiceError,
 )
-from app.services.catalog import LABEL_PATTERN
+from app.services.archives import ClassFolderArchive
 from app.services.idempotency import as_service_error, replay_if_done
 from app.services.models import ModelService
 from app.store.database import AlreadyDone, Database, IdempotencyKey, KeyReused
@@ -48,8 +44,6 @@ from model.recipe import TUNABLE_FIELDS, TrainRecipe
 
 log = logging.getLogger(__name__)
 
-MAX_ARCHIVE_MEMBERS = 100_000
-MAX_COMPRESSION_RATIO = 200
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -225,7 +219,7 @@ class TrainingJobs:
         if source == "items":
             self._export_items(target)
         elif source == "archive" and archive is not None:
-            self._extract_archive(archive, target)
+            ClassFolderArchive(archive, self.max_archive_bytes).extract(target)
             return check_class_sizes(target, BadRequest)
         else:
             raise BadRequest("dataset source must be 'items', 'directory' or 'archive'")
@@ -256,51 +250,6 @@ class TrainingJobs:
                 (class_dir / f"{item.id}.{item.image_ext}").symlink_to(source)
             if start + 1000 >= total:
                 break
-
-    def _extract_archive(self, data: bytes, target: Path) -> None:
-        """Extracts ``<class>/<image>`` members; never uses a member's name as a path."""
-        try:
-            archive = zipfile.ZipFile(io.BytesIO(data))
-            members = archive.infolist()
-        except (zipfile.BadZipFile, ValueError, OSError) as exc:
-            raise BadRequest(f"not a readable zip archive: {exc}") from exc
-        if len(members) > MAX_ARCHIVE_MEMBERS:
-            raise BadRequest(f"archive holds more than {MAX_ARCHIVE_MEMBERS} members")
-        total = 0
-        accepted: list[tuple[zipfile.ZipInfo, str, str]] = []
-        for info in members:
-            name = info.filename
-            path = PurePosixPath(name.replace("\\", "/"))
-            if path.is_absolute() or ".." in path.parts or (len(name) > 1 and name[1] == ":"):
-                raise BadRequest(f"archive member {name[:100]!r} has an unsafe path")
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise BadRequest(f"archive member {name[:100]!r} is a link")
-            if info.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
-                continue
-            if len(path.parts) < 2:
-                raise BadRequest("archive images must sit in class folders: <class>/<image>")
-            label = path.parts[-2]
-            if not LABEL_PATTERN.fullmatch(label):
-                raise BadRequest(f"archive folder {label[:80]!r} is not a valid label")
-            if info.compress_size and info.file_size / info.compress_size > MAX_COMPRESSION_RATIO:
-                raise BadRequest(f"archive member {name[:100]!r} expands suspiciously much")
-            total += info.file_size
-            if total > self.max_archive_bytes:
-                raise PayloadTooLarge("archive expands beyond the allowed size")
-            accepted.append((info, label, path.suffix.lower()))
-        # ZipExtFile stops at the declared size and checks the CRC, so the sizes summed
-        # above bound what is written.
-        try:
-            for n, (info, label, suffix) in enumerate(accepted):
-                class_dir = target / label
-                class_dir.mkdir(exist_ok=True)
-                with archive.open(info) as source, (class_dir / f"{n}{suffix}").open("wb") as out:
-                    shutil.copyfileobj(source, out)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise BadRequest(f"archive is damaged: {exc}") from exc
 
     # --- the worker ------------------------------------------------------------------------
 

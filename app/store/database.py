@@ -60,6 +60,19 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at TEXT NOT NULL,
     PRIMARY KEY (operation, key)
 );
+CREATE TABLE IF NOT EXISTS imports (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    added INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    failures TEXT NOT NULL DEFAULT '[]',
+    labels TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -603,6 +616,51 @@ class Database:
                 "metrics": json.loads(r["metrics"]),
                 "model_version": r["model_version"],
                 "activated": bool(r["activated"]),
+                "error": r["error"],
+                "created_at": r["created_at"],
+                "updated_at": r["updated_at"],
+            }
+            for r in rows
+        ]
+
+    # --- imports ---------------------------------------------------------------------------
+
+    def add_import(self, import_id: str, filename: str, total: int) -> None:
+        stamp = now()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO imports(id, status, filename, total, created_at, updated_at) "
+                "VALUES (?, 'queued', ?, ?, ?, ?)",
+                (import_id, filename, total, stamp, stamp),
+            )
+
+    def update_import(self, import_id: str, **fields: Any) -> None:
+        encoded = {
+            key: json.dumps(value) if key in ("failures", "labels") else value
+            for key, value in fields.items()
+        }
+        encoded["updated_at"] = now()
+        assignments = ", ".join(f"{key} = ?" for key in encoded)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE imports SET {assignments} WHERE id = ?", [*encoded.values(), import_id]
+            )
+
+    def imports(self, import_id: str | None = None) -> list[dict[str, Any]]:
+        if import_id is None:
+            rows = self._query("SELECT * FROM imports ORDER BY created_at DESC, id")
+        else:
+            rows = self._query("SELECT * FROM imports WHERE id = ?", (import_id,))
+        return [
+            {
+                "import_id": r["id"],
+                "status": r["status"],
+                "filename": r["filename"],
+                "total": r["total"],
+                "added": r["added"],
+                "failed": r["failed"],
+                "failures": json.loads(r["failures"]),
+                "labels": json.loads(r["labels"]),
                 "error": r["error"],
                 "created_at": r["created_at"],
                 "updated_at": r["updated_at"],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import stat
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,3 +47,16 @@ def add(client: TestClient, label: str, start: int, count: int) -> list[int]:
 
 def item_count(client: TestClient) -> int:
     return int(client.get("/items", params={"limit": 1}).json()["total"])
+
+
+def zipped(entries: dict[str, bytes], link: str | None = None) -> bytes:
+    """A zip archive of ``entries`` (name: bytes), and a symbolic link named ``link``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()

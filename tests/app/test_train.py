@@ -1,12 +1,9 @@
 """Training jobs through the API; each job trains in its own process."""
 
-import io
 import json
 import shutil
-import stat
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import add, make_settings
+from app.services.archives import ClassFolderArchive
+from tests.app.conftest import add, make_settings, zipped
 from tests.conftest import CIFAR, DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
@@ -36,18 +34,6 @@ def class_folders(root: Path, per_class: int = 12) -> Path:
         for path in sorted((CIFAR / label).iterdir())[:per_class]:
             (root / label / path.name).write_bytes(path.read_bytes())
     return root
-
-
-def zipped(entries: dict[str, bytes], link: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-        if link:
-            info = zipfile.ZipInfo(link)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            archive.writestr(info, "/etc/passwd")
-    return buffer.getvalue()
 
 
 def test_train_on_items_then_activate(client: TestClient) -> None:
@@ -191,19 +177,21 @@ def test_bad_train_parameters(client: TestClient) -> None:
     assert client.post("/train", json={"embedding_dim": 64}).status_code == 409  # active: 128
 
 
-def test_an_archive_is_extracted_outside_the_jobs_lock(client: TestClient) -> None:
+def test_an_archive_is_extracted_outside_the_jobs_lock(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While a large archive is extracted, the jobs lock is free (cancels and shutdown are not
     held up) and a second request is told at once that a job is running."""
     jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
     extracting, release = threading.Event(), threading.Event()
-    extract = jobs._extract_archive
+    extract = ClassFolderArchive.extract
 
-    def slow_extract(data: bytes, target: Path) -> None:
+    def slow_extract(archive: ClassFolderArchive, target: Path) -> None:
         extracting.set()
         release.wait(30)
-        extract(data, target)
+        extract(archive, target)
 
-    jobs._extract_archive = slow_extract
+    monkeypatch.setattr(ClassFolderArchive, "extract", slow_extract)
     entries = {
         f"{label}/{p.name}": p.read_bytes()
         for label in ("cat", "bird")

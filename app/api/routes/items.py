@@ -15,7 +15,14 @@ from fastapi.responses import FileResponse
 from pydantic import Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import form_properties, json_object, single_fields, validate, validation_error
+from app.api.bodies import (
+    form_properties,
+    json_object,
+    metadata_objects,
+    single_fields,
+    validate,
+    validation_error,
+)
 from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import UPLOAD_ERRORS, errors
@@ -33,7 +40,7 @@ from app.api.schemas import (
 )
 from app.api.uploads import form_files, json_files, read_files
 from app.errors import BadRequest, Replayed, UnsupportedMedia
-from app.services.catalog import LABEL_MAX, MAX_METADATA_BYTES
+from app.services.catalog import LABEL_MAX
 from app.store.database import IdempotencyKey, ItemRecord
 from app.store.filters import ItemFilter
 
@@ -73,23 +80,6 @@ def _external_ids(external_ids: list[str] | None, count: int) -> list[str | None
     if len(set(external_ids)) != count:
         raise BadRequest("external ids must differ from each other")
     return list(external_ids)
-
-
-def _metadata(raw: str | None, count: int) -> list[dict[str, Any]]:
-    """A JSON object for every file, or a JSON list of objects, one per file."""
-    if raw is None or raw == "":
-        return [{}] * count
-    if len(raw.encode()) > MAX_METADATA_BYTES:
-        raise BadRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"metadata is not valid JSON: {exc.msg}") from exc
-    if isinstance(value, dict):
-        return [value] * count
-    if isinstance(value, list) and len(value) == count and all(isinstance(v, dict) for v in value):
-        return value
-    raise BadRequest("metadata must be a JSON object, or a list of objects, one per file")
 
 
 def to_item(record: ItemRecord, model_version: str) -> Item:
@@ -159,12 +149,12 @@ async def add_items(
                 },
             )
             raw = await form_files(form, "files")
-        metadata = _metadata(body.metadata, len(raw))
+        metadata = metadata_objects(body.metadata, len(raw))
     elif content_type.startswith("application/json"):
         json_body = validate(ItemsJson, await json_object(request))
         raw = await run_in_threadpool(json_files, json_body.images, max_files, ("body", "images"))
         body = ItemsForm(labels=json_body.labels, external_ids=json_body.external_ids)
-        metadata = _metadata(
+        metadata = metadata_objects(
             json.dumps(json_body.metadata) if json_body.metadata is not None else None, len(raw)
         )
     else:
@@ -282,7 +272,7 @@ async def put_item(
     metadata of the item with this external or item id (200; an unknown item id is 404):
     what is left out is cleared, as with any PUT. Its ids stay the same."""
     ((name, data),) = await read_files([file])
-    (item_metadata,) = _metadata(metadata, 1)
+    (item_metadata,) = metadata_objects(metadata, 1)
 
     def work() -> tuple[ItemRecord, bool]:
         (upload,) = services.runtime.decode([(name, data)])
