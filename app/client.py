@@ -11,6 +11,7 @@ Errors come back as :class:`EmbedServiceError` with the HTTP status and the serv
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -162,33 +163,118 @@ class EmbedClient:
         return np.load(io.BytesIO(data), allow_pickle=False)
 
     def list_items(
-        self, label: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        label: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        where: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A page of items; ``where`` is a filter of exact matches, e.g.
+        ``{"metadata.source": "cifar", "label": ["cat", "bird"]}``."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if label is not None:
             params["label"] = label
+        if where is not None:
+            params["filter"] = json.dumps(where)
         return dict(self._call("GET", "/items", params=params))
 
     def delete_item(self, item_id: int | str) -> None:
         self._call("DELETE", f"/items/{item_id}")
 
-    def search_image(self, image: Path, k: int = 10, label: str | None = None) -> dict[str, Any]:
+    def search_image(
+        self,
+        image: Path,
+        k: int = 10,
+        label: str | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         data = {"k": str(k), **({"label": label} if label else {})}
+        if where is not None:
+            data["filter"] = json.dumps(where)
         files = {"file": (image.name, image.read_bytes())}
         return dict(self._call("POST", "/search", files=files, data=data))
 
-    def search_item(self, item_id: int, k: int = 10, label: str | None = None) -> dict[str, Any]:
-        return dict(self._call("POST", "/search", json={"id": item_id, "k": k, "label": label}))
+    def search_item(
+        self,
+        item_id: int,
+        k: int = 10,
+        label: str | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body = self._options({"id": item_id}, k, label, where)
+        return dict(self._call("POST", "/search", json=body))
 
     def search_vector(
-        self, vector: list[float], k: int = 10, label: str | None = None
+        self,
+        vector: list[float],
+        k: int = 10,
+        label: str | None = None,
+        where: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return dict(self._call("POST", "/search", json={"vector": vector, "k": k, "label": label}))
+        body = self._options({"vector": vector}, k, label, where)
+        return dict(self._call("POST", "/search", json=body))
+
+    def search_many(
+        self,
+        queries: list[Path | int | list[float]],
+        k: int = 10,
+        label: str | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One result per query (an image file, a stored item id or a vector), in order,
+        from one request."""
+        targets = [
+            {"image": {"data": base64.b64encode(q.read_bytes()).decode(), "filename": q.name}}
+            if isinstance(q, Path)
+            else {"id": q}
+            if isinstance(q, int)
+            else {"vector": q}
+            for q in queries
+        ]
+        body = self._options({"queries": targets}, k, label, where)
+        return list(self._call("POST", "/search", json=body)["results"])
+
+    @staticmethod
+    def _options(
+        body: dict[str, Any], k: int, label: str | None, where: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {
+            **body,
+            "k": k,
+            **({"label": label} if label is not None else {}),
+            **({"filter": where} if where is not None else {}),
+        }
 
     def cluster(
-        self, k: int | Literal["auto"] = 2, label: str | None = None, seed: int = 0
+        self,
+        k: int | Literal["auto"] = 2,
+        label: str | None = None,
+        seed: int = 0,
+        where: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return dict(self._call("POST", "/cluster", json={"k": k, "label": label, "seed": seed}))
+        body = {"k": k, "label": label, "seed": seed, **({"filter": where} if where else {})}
+        return dict(self._call("POST", "/cluster", json=body))
+
+    def import_archive(
+        self, archive: Path, metadata: dict[str, Any] | None = None, wait: float | None = None
+    ) -> dict[str, Any]:
+        """Starts a bulk import of a zip of ``<label>/<image>`` folders; with ``wait``,
+        polls it until it ends (or raises ``TimeoutError`` after ``wait`` seconds)."""
+        data = {"metadata": json.dumps(metadata)} if metadata is not None else {}
+        files = {"archive": (archive.name, archive.read_bytes())}
+        record = dict(self._call("POST", "/imports", files=files, data=data))
+        if wait is None:
+            return record
+        deadline = time.monotonic() + wait
+        while record["status"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"import {record['import_id']} did not end in {wait} s")
+            time.sleep(0.2)
+            record = self.import_status(record["import_id"])
+        return record
+
+    def import_status(self, import_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/imports/{import_id}"))
 
     def train(self, **options: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/train", json=options))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -101,6 +102,28 @@ def test_python_client(server: httpx.Client, tmp_path: Path) -> None:
         assert len(client.search_item(ids[0], k=2)["neighbors"]) == 2
         assert client.search_image(birds[1], k=1)["neighbors"][0]["id"] == ids[4]
         assert client.cluster(k=2)["k"] == 2
+        batch = client.search_many([birds[1], ids[0], vector], k=2)
+        alone = [
+            client.search_image(birds[1], k=2),
+            client.search_item(ids[0], k=2),
+            client.search_vector(vector, k=2),
+        ]
+        for together, single in zip(batch, alone, strict=True):
+            assert [n["id"] for n in together["neighbors"]] == [
+                n["id"] for n in single["neighbors"]
+            ]
+        only_client_items = {"metadata.via": "client"}
+        assert client.list_items(where=only_client_items)["total"] == 3
+        found = client.search_image(birds[1], k=5, where=only_client_items)["neighbors"]
+        assert sorted(n["id"] for n in found) == ids[:3]
+        assert client.cluster(k=2, where=only_client_items)["items"] == 3
+        archive = tmp_path / "more.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for path in sorted((CIFAR / "dog").iterdir())[:4]:
+                zipped.write(path, f"dog/{path.name}")
+        imported = client.import_archive(archive, metadata={"via": "zip"}, wait=60)
+        assert imported["status"] == "succeeded" and imported["labels"] == {"dog": 4}
+        assert client.list_items(where={"metadata.via": "zip", "label": "dog"})["total"] == 4
         client.delete_item(ids[0])
         try:
             client.get_item(ids[0])

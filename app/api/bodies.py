@@ -48,13 +48,19 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 def form_properties(model: type[BaseModel]) -> dict[str, Any]:
     """The model's fields as multipart form fields in JSON Schema: a form field is present or
-    absent, never null, so optional fields lose their null branch."""
+    absent, never null, so optional fields lose their null branch; and a list is a field
+    given once or repeated, so one value is as valid as an array of them."""
     properties: dict[str, Any] = model.model_json_schema()["properties"]
     for name, schema in properties.items():
         choices = [c for c in schema.get("anyOf", []) if c.get("type") != "null"]
         if len(choices) == 1:
             rest = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
             properties[name] = {**choices[0], **rest}
+        if properties[name].get("type") == "array":
+            array = properties[name]
+            rest = {k: v for k, v in array.items() if k in ("title", "description")}
+            one_of = {k: v for k, v in array.items() if k not in rest}
+            properties[name] = {"anyOf": [one_of, array["items"]], **rest}
     return properties
 
 

@@ -14,7 +14,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from app.api.schemas import BatchSearchQuery, EmbedJson, ItemsJson, SearchQuery, TrainRequest
+from app.api.schemas import (
+    BatchSearchQuery,
+    EmbedJson,
+    ItemsJson,
+    SearchQuery,
+    TrainRequest,
+)
 from app.settings import Settings
 
 # BMP, AVIF and HEIC are accepted too; they are left out here because generated clients and
@@ -106,7 +112,10 @@ def describe_uploads(document: dict[str, Any], max_files: int) -> None:
         "archive": {"contentType": "application/zip"},
         "metadata": {"contentType": "application/json"},
     }
-    _resolve(document, _multipart(document, "/imports")["schema"])["properties"]["metadata"] = {
+    imports = _resolve(document, _multipart(document, "/imports")["schema"])["properties"]
+    imports["archive"] = {**imports["archive"], "type": "string", "format": "binary"}
+    imports["archive"].pop("contentMediaType", None)
+    imports["metadata"] = {
         "type": "object",
         "description": "a JSON object stored with every imported item",
     }

@@ -31,13 +31,16 @@ def test_every_endpoint_of_the_design_is_documented() -> None:
         "/train": {"get", "post"},
         "/train/{job_id}": {"get", "delete"},
         "/vectors": {"get"},
+        "/imports": {"get", "post"},
+        "/imports/{import_id}": {"get", "delete"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     for path, ops in paths.items():
         for op in ops.values():
             assert op.get("summary"), path
-    search = paths["/search"]["post"]["requestBody"]["content"]
-    assert set(search) == {"multipart/form-data", "application/json"}
+    for path in ("/search", "/embed", "/items"):
+        content = paths[path]["post"]["requestBody"]["content"]
+        assert set(content) == {"multipart/form-data", "application/json"}, path
 
 
 def test_every_reference_resolves() -> None:

@@ -153,6 +153,10 @@ def test_bad_batch_queries(stocked: TestClient, body: dict, status: int) -> None
     assert stocked.post("/search", json=body).status_code == status
 
 
-def test_file_and_files_together_are_refused(stocked: TestClient) -> None:
-    files = [("file", cifar_upload("cat", 0, 1)[0][1]), *cifar_upload("cat", 1, 1)]
-    assert stocked.post("/search", files=files).status_code == 400
+def test_a_file_given_with_files_is_the_first_query(stocked: TestClient) -> None:
+    first, second = cifar_upload("cat", 0, 1)[0][1], cifar_upload("bird", 0, 1)[0][1]
+    response = stocked.post("/search", files=[("file", first), ("files", second)])
+    assert response.status_code == 200, response.text
+    nearest = [r["neighbors"][0]["filename"] for r in response.json()["results"]]
+    assert nearest == [first[0], second[0]]
+    assert stocked.post("/search", files={"file": (None, "text")}).status_code == 400

@@ -187,7 +187,7 @@ FILTER_ADAPTER: TypeAdapter[dict[str, Any]] = TypeAdapter(Filter)
 
 def parse_filter(raw: str | None, label: str | None) -> ItemFilter | None:
     """The ``filter`` query parameter (a JSON object, see ``Filter``) with ``label``."""
-    if raw is None:
+    if raw is None or raw == "":
         return ItemFilter.combine(label, None)
     try:
         value = json.loads(raw)
@@ -207,7 +207,7 @@ async def list_items(
     filter: Annotated[
         str | None,
         Query(
-            max_length=65_536,
+            max_length=2048,  # URLs stay within what HTTP servers take
             description="exact matches as a JSON object, as in search: "
             '{"label": "cat", "metadata.source": "cifar"}',
         ),

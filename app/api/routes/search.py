@@ -54,11 +54,12 @@ OPENAPI_BODY: dict[str, Any] = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "several query images (a BatchSearchResponse)",
+                            "description": "several query images (a BatchSearchResponse; a"
+                            " 'file' given as well is the first query)",
                         },
                         **form_properties(SearchOptions),
                     },
-                    "oneOf": [{"required": ["file"]}, {"required": ["files"]}],
+                    "anyOf": [{"required": ["file"]}, {"required": ["files"]}],
                     "additionalProperties": False,
                 }
             },
@@ -90,18 +91,18 @@ async def search(request: Request, services: ServicesDep) -> SearchResponse | Ba
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         allowed = {"file", "files", "k", "label", "filter"}
-        async with request.form(max_files=max_files, max_fields=8) as form:
+        # 'files' may hold EMBED_MAX_FILES images, and 'file' one more
+        async with request.form(max_files=max_files + 1, max_fields=8) as form:
             fields = single_fields(form, allowed, repeatable=frozenset({"files"}))
             batch = bool(form.getlist("files"))
             upload = fields.pop("file", None)
-            if batch and upload is not None:
-                raise BadRequest("give one query 'file' or several 'files', not both")
+            raw = []
+            if isinstance(upload, UploadFile):
+                raw.append((display_name(upload.filename), await upload.read()))
+            elif upload is not None or not batch:
+                raise BadRequest("multipart search needs an image in 'file' (or images in 'files')")
             if batch:
-                raw = await form_files(form, "files")
-            elif isinstance(upload, UploadFile):
-                raw = [(display_name(upload.filename), await upload.read())]
-            else:
-                raise BadRequest("multipart search needs an image in the 'file' field")
+                raw += await form_files(form, "files")
             options = validate(SearchOptions, _form_options(fields))
         targets: list[SearchTarget] | None = None  # the queries are the images
     elif content_type.startswith("application/json"):

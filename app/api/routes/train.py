@@ -14,7 +14,7 @@ from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import Job, JobList, TrainRequest
-from app.errors import BadRequest, Replayed, UnsupportedMedia
+from app.errors import BadRequest, Conflict, NotFound, Replayed, UnsupportedMedia
 from app.store.database import IdempotencyKey
 
 router = APIRouter(prefix="/train", tags=["training"])
@@ -94,7 +94,12 @@ async def start_job(
     try:
         job = await run_in_threadpool(services.jobs.start, options, archive, idempotency)
     except Replayed as replay:
-        job = await run_in_threadpool(services.jobs.get, replay.result["job_id"])
+        try:
+            job = await run_in_threadpool(services.jobs.get, replay.result["job_id"])
+        except NotFound as exc:
+            raise Conflict(
+                "the job this Idempotency-Key started has been deleted; use a new key"
+            ) from exc
     return Job.model_validate(job)
 
 
