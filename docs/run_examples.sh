@@ -38,6 +38,16 @@ run "curl -s $H/items/sku-1042"
 run "curl -s -F files=@$D/bird/0003.jpg -F external_ids=sku-2001 $H/items"
 run "curl -s -H 'Idempotency-Key: batch-2026-11-29-1' -F files=@$D/bird/0005.jpg $H/items"
 run "curl -s -H 'Idempotency-Key: batch-2026-11-29-1' -F files=@$D/bird/0005.jpg $H/items"
+run "curl -s -H 'content-type: application/json' -d '{\"id\": 1, \"k\": 3, \"filter\": {\"metadata.source\": \"cifar\"}}' $H/search"
+run "curl -s -G $H/items --data-urlencode 'filter={\"label\": [\"cat\", \"bird\"]}' | head -c 300"
+run "curl -s -F files=@$D/cat/4998.jpg -F files=@$D/bird/4998.jpg -F k=1 $H/search"
+.venv/bin/python -c "import base64, json, sys; print(json.dumps({'images': [{'data': base64.b64encode(open(sys.argv[1], 'rb').read()).decode()}]}))" "$D/cat/4997.jpg" >"$DATA/images.json"
+run "curl -s -H 'content-type: application/json' -d @$DATA/images.json $H/embed | head -c 200"
+.venv/bin/python -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], 'w'); [z.write(p, 'dog/' + p.rsplit('/', 1)[1]) for p in sys.argv[2:]]; z.close()" "$DATA/pets.zip" "$D"/dog/000[0-4].jpg
+run "curl -s -F archive=@$DATA/pets.zip -F 'metadata={\"batch\": 7}' $H/imports"
+sleep 2
+IMPORT=$(curl -s $H/imports | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["imports"][0]["import_id"])')
+run "curl -s $H/imports/$IMPORT"
 run "curl -s -H 'accept: application/x-npy' -F files=@$D/bird/4999.jpg $H/embed | .venv/bin/python -c 'import io, sys, numpy; a = numpy.load(io.BytesIO(sys.stdin.buffer.read())); print(a.shape, a.dtype)'"
 run "curl -s -H 'content-type: application/json' -d '{\"k\": 2}' $H/cluster"
 run "curl -s '$H/items?label=cat&limit=10&offset=0'"
