@@ -1,4 +1,7 @@
-"""The browser page: search by image, see neighbours and clusters."""
+"""The browser page: the whole workflow for people who would rather look than call. Add
+labelled images (drag and drop), browse and delete them, search by image, see the clusters,
+train on the stored items with a live progress bar and loss/precision curve, and compare and
+activate model versions. It is one static file that calls the HTTP API like any client."""
 
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ router = APIRouter(tags=["ui"])
 PAGE = Path(__file__).resolve().parent.parent.parent / "ui" / "index.html"
 
 
-@router.get("/ui", summary="Web page for searching and clustering", response_class=FileResponse)
+@router.get(
+    "/ui",
+    summary="Web page: add, browse, search, cluster, train and activate",
+    response_class=FileResponse,
+)
 def page() -> FileResponse:
     return FileResponse(PAGE, media_type="text/html")
