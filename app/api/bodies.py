@@ -46,6 +46,36 @@ async def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
+IMAGE_FILES = {
+    "type": "array",
+    "items": {"type": "string", "format": "binary"},
+    "description": "one or more images",
+}
+
+
+def multipart_or_json(
+    form_fields: dict[str, Any], json_schema: dict[str, Any], **form_schema: Any
+) -> dict[str, Any]:
+    """``openapi_extra`` for a route that parses its own body: a multipart form with these
+    fields (and nothing else), or JSON of this schema."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": form_fields,
+                        "additionalProperties": False,
+                        **form_schema,
+                    }
+                },
+                "application/json": {"schema": json_schema},
+            },
+        }
+    }
+
+
 def form_properties(model: type[BaseModel]) -> dict[str, Any]:
     """The model's fields as multipart form fields in JSON Schema: a form field is present or
     absent, never null, so optional fields lose their null branch; and a list is a field

@@ -344,6 +344,14 @@ class BatchSearchResponse(BaseModel):
 class EmbedJson(JsonBody):
     """Images to embed, as a JSON body."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"images": [{"data": "<base64 of a JPEG>", "filename": "cat.jpg"}]}]
+        },
+    )
+
     images: list[ImageData] = Field(min_length=1, description="at most EMBED_MAX_FILES")
 
 

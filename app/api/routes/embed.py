@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import json_object, single_fields, validate
+from app.api.bodies import (
+    IMAGE_FILES,
+    json_object,
+    multipart_or_json,
+    single_fields,
+    validate,
+)
 from app.api.deps import ServicesDep
 from app.api.responses import UPLOAD_ERRORS, errors
 from app.api.schemas import Embedding, EmbedJson, EmbedResponse
@@ -17,28 +23,9 @@ from app.errors import UnsupportedMedia
 
 router = APIRouter(tags=["embeddings"])
 
-OPENAPI_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "one or more images",
-                        }
-                    },
-                    "additionalProperties": False,
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/EmbedJson"}},
-        },
-    }
-}
+OPENAPI_BODY = multipart_or_json(
+    {"files": IMAGE_FILES}, {"$ref": "#/components/schemas/EmbedJson"}, required=["files"]
+)
 NPY_ANSWER = {
     "description": (
         f"The vectors as JSON; with `Accept: {NPY_MEDIA_TYPE}`, as one float32 NumPy array of "

@@ -16,9 +16,11 @@ from pydantic import Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import (
+    IMAGE_FILES,
     form_properties,
     json_object,
     metadata_objects,
+    multipart_or_json,
     single_fields,
     validate,
     validation_error,
@@ -95,29 +97,11 @@ def to_item(record: ItemRecord, model_version: str) -> Item:
     )
 
 
-OPENAPI_ADD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "one or more images",
-                        },
-                        **form_properties(ItemsForm),
-                    },
-                    "additionalProperties": False,
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/ItemsJson"}},
-        },
-    }
-}
+OPENAPI_ADD_BODY = multipart_or_json(
+    {"files": IMAGE_FILES, **form_properties(ItemsForm)},
+    {"$ref": "#/components/schemas/ItemsJson"},
+    required=["files"],
+)
 
 
 @router.post(

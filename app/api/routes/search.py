@@ -11,8 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.api.bodies import (
+    IMAGE_FILES,
     form_properties,
     json_object,
+    multipart_or_json,
     single_fields,
     validate,
     validation_error,
@@ -38,42 +40,28 @@ from app.store.filters import ItemFilter
 
 router = APIRouter(tags=["search"])
 
-OPENAPI_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "one query image (the answer is a SearchResponse)",
-                        },
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "several query images (a BatchSearchResponse; a"
-                            " 'file' given as well is the first query)",
-                        },
-                        **form_properties(SearchOptions),
-                    },
-                    "anyOf": [{"required": ["file"]}, {"required": ["files"]}],
-                    "additionalProperties": False,
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/SearchQuery"},
-                        {"$ref": "#/components/schemas/BatchSearchQuery"},
-                    ]
-                }
-            },
+OPENAPI_BODY = multipart_or_json(
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "one query image (the answer is a SearchResponse)",
         },
-    }
-}
+        "files": {
+            **IMAGE_FILES,
+            "description": "several query images (a BatchSearchResponse; a 'file' given as"
+            " well is the first query)",
+        },
+        **form_properties(SearchOptions),
+    },
+    {
+        "oneOf": [
+            {"$ref": "#/components/schemas/SearchQuery"},
+            {"$ref": "#/components/schemas/BatchSearchQuery"},
+        ]
+    },
+    anyOf=[{"required": ["file"]}, {"required": ["files"]}],
+)
 
 
 @router.post(
