@@ -55,7 +55,13 @@ class Services:
         )
         max_archive_bytes = int(settings.max_archive_mb * 1024 * 1024)
         jobs = TrainingJobs(
-            db, images, models, data / "jobs", settings.train_roots, max_archive_bytes
+            db,
+            images,
+            models,
+            data / "jobs",
+            settings.train_roots,
+            max_archive_bytes,
+            settings.train_procs,
         )
         imports = Imports(db, catalog, runtime, max_archive_bytes)
         return cls(settings, db, runtime, catalog, models, jobs, imports, metrics)

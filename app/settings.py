@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     ivf_nprobe: int = Field(default=32, ge=1, le=65536)
     seed_dir: Path | None = None
     max_archive_mb: float = Field(default=512.0, gt=0)
+    train_procs: int = Field(default=1, ge=1, le=256)
 
     @field_validator("train_roots", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model import distributed
 from model.calibration import calibrate_model_dir
 from model.checkpoint import load_model
 from model.data import content_fraction, load
@@ -92,8 +93,11 @@ def compare_with_active(
 
 
 def main(spec_path: str) -> int:
+    """Under ``torchrun`` (``EMBED_TRAIN_PROCS`` > 1) every rank runs this; rank 0 alone
+    reports, compares with the active model and calibrates int8."""
     spec = json.loads(Path(spec_path).read_text())
     recipe = TrainRecipe.model_validate(spec["recipe"])
+    processes = distributed.start()
     stop = {"requested": False}
 
     def on_term(signum: int, frame: object) -> None:
@@ -107,13 +111,19 @@ def main(spec_path: str) -> int:
     try:
         data = prepare_data(recipe)
         check_cancelled()
-        card = train(
-            recipe,
-            Path(spec["out"]),
-            on_event=emit,
-            should_stop=lambda: stop["requested"],
-            datasets=data,
-        )
+        try:
+            card = train(
+                recipe,
+                Path(spec["out"]),
+                on_event=emit,
+                should_stop=lambda: stop["requested"],
+                datasets=data,
+                processes=processes,
+            )
+        finally:
+            distributed.stop(processes)
+        if not processes.main:
+            return 0
         # the steps after training check for a cancel between them: until the worker exits
         # with its model complete, a cancel is honoured
         baseline = spec.get("baseline")
@@ -126,7 +136,8 @@ def main(spec_path: str) -> int:
         check_cancelled()
         emit({"event": "finished", "version": card.version})
     except TrainingCancelled:
-        emit({"event": "cancelled"})
+        if processes.main:
+            emit({"event": "cancelled"})
         return EXIT_CANCELLED
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from model import distributed
 from model.backends import BACKENDS, bf16_native
 from model.checkpoint import write_card
 from model.data import discover, load, split
@@ -212,8 +213,14 @@ def run_train(args: argparse.Namespace) -> int:
             summary = {k: v for k, v in event.items() if k != "event"}
             tqdm.write(json.dumps(summary), file=sys.stderr)
 
-    card = train(recipe, args.out, on_event=report)
-    print(json.dumps({"version": card.version, "out": str(args.out), "metrics": card.metrics}))
+    # under torchrun, each process is one rank of a distributed run; alone, the only one
+    processes = distributed.start()
+    try:
+        card = train(recipe, args.out, on_event=report, processes=processes)
+    finally:
+        distributed.stop(processes)
+    if processes.main:
+        print(json.dumps({"version": card.version, "out": str(args.out), "metrics": card.metrics}))
     return 0
 
 

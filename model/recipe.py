@@ -19,6 +19,7 @@ LossKind = Literal["metric", "normsoftmax", "both"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear"]
 Augmentation = Literal["strong", "light", "crop"]
+MiningScope = Literal["global", "local"]
 
 #: The fields a caller of a training service may choose; the others describe the machine that
 #: trains (data folders, bf16) and the starting point (architecture, initial weights).
@@ -132,6 +133,13 @@ class TrainRecipe(BaseModel):
     )
     init_from: str | None = Field(default=None, description="model directory to fine-tune")
     eval_gallery_limit: int = Field(default=10000, ge=10)
+    mining_scope: MiningScope = Field(
+        default="global",
+        description=(
+            "with several training processes: tuples and the head see every process's batch "
+            "(global) or each process's own (local: less communication)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainRecipe:

@@ -19,6 +19,11 @@ class PKSampler:
     than ``p`` classes every class is used. One epoch is ``len(queue entries) // (p * k)``
     batches (at least one). The order depends only on ``seed`` and the epoch set by
     :meth:`set_epoch`, so a resumed run repeats an uninterrupted run's batches.
+
+    With ``world_size`` processes, every process draws the same epoch of batches and takes
+    every ``world_size``-th one from its ``rank`` on: the ranks' batches are disjoint and
+    together cover the epoch (rounded down to a multiple of ``world_size`` batches, at least
+    one each), and every rank runs the same number of steps.
     """
 
     def __init__(
@@ -28,7 +33,11 @@ class PKSampler:
         k: int,
         seed: int = 0,
         repeats: torch.Tensor | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError("rank must be in [0, world_size)")
         if k < 2:
             raise ValueError("k must be at least 2 so that every anchor has a positive")
         self.classes = torch.unique(targets)
@@ -41,6 +50,8 @@ class PKSampler:
         self.p = min(p, len(self.classes))
         self.k = k
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
         self.members = [
             torch.nonzero(targets == c).flatten().repeat_interleave(repeats[targets == c])
@@ -51,14 +62,22 @@ class PKSampler:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return max(1, sum(len(m) for m in self.members) // (self.p * self.k))
+        """Batches per epoch of this rank."""
+        batches = sum(len(m) for m in self.members) // (self.p * self.k)
+        return max(1, batches // self.world_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        for number, batch in enumerate(self._epoch_batches()):
+            if number % self.world_size == self.rank:
+                yield batch
+
+    def _epoch_batches(self) -> Iterator[torch.Tensor]:
+        """The epoch's batches of all ranks, the same on every rank."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         queues = [m[torch.randperm(len(m), generator=generator)] for m in self.members]
         cursors = [0] * len(queues)
         sizes = torch.tensor([float(len(m)) for m in self.members])
-        for _ in range(len(self)):
+        for _ in range(len(self) * self.world_size):
             chosen = torch.multinomial(sizes, self.p, replacement=False, generator=generator)
             parts = []
             for c in chosen.tolist():

@@ -29,12 +29,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from model.checkpoint import ModelCard, atomic_write_bytes, load_model, read_card, save_model
 from model.clustering import kmeans
 from model.config import ModelConfig
 from model.data import ImageSet, discover, load, split
+from model.distributed import Processes
 from model.embedding import Embedder
 from model.losses import InstanceLoss, NormSoftmaxLoss, TupleLoss, build_loss
 from model.metrics import clustering_metrics, retrieval_metrics
@@ -99,7 +101,7 @@ def lr_at(
 
 
 def train_one_epoch(
-    net: EmbeddingNet,
+    net: nn.Module,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
     images: ImageSet,
@@ -112,25 +114,40 @@ def train_one_epoch(
     ema: AveragedModel | None = None,
     on_step: Callable[[int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    processes: Processes | None = None,
+    mine_globally: bool = True,
 ) -> EpochStats:
+    """One epoch of steps. ``net`` is the network, or its DistributedDataParallel wrapper
+    when several ``processes`` train: then, with ``mine_globally``, the losses see every
+    process's embeddings (gathered with their gradients), else each process's own."""
+    processes = processes or Processes()
+    gather = processes.distributed and mine_globally
+    network = net.module if isinstance(net, DistributedDataParallel) else net
+    assert isinstance(network, EmbeddingNet)
+    config = network.config
     net.train()
     sums = {"loss": 0.0, "active": 0, "tuples": 0, "head_wrong": 0, "instance_wrong": 0}
     seen, views_seen = 0, 0
     start = time.perf_counter()
     step = first_step
     for step_in_epoch, batch_idx in enumerate(sampler):
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled()
+        if processes.any(should_stop is not None and should_stop()):
+            raise TrainingCancelled()  # on every rank at the same step
         for group in optimizer.param_groups:
             group["lr"] = schedule(step)
         originals = images.images[batch_idx]
         views = torch.cat([augmentation(originals) for _ in range(objective.views)])
-        batch = normalize(views, net.config)
+        batch = normalize(views, config)
         labels = images.targets[batch_idx].repeat(objective.views)
         if bf16:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             embeddings = net(batch).float()
+        if gather:  # view by view, so that the views of one image stay paired
+            embeddings = torch.cat(
+                [processes.gather(view) for view in embeddings.chunk(objective.views)]
+            )
+            labels = torch.cat([processes.gather(view) for view in labels.chunk(objective.views)])
         loss = embeddings.sum() * 0.0
         if objective.tuples is not None:
             result = objective.tuples(embeddings, labels)
@@ -147,11 +164,13 @@ def train_one_epoch(
             sums["instance_wrong"] += result.active
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if objective.head is not None and not gather:  # DDP averages only the network's
+            processes.average_gradients(objective.head)
         optimizer.step()
         if ema is not None:
             ema.update_parameters(net)
         sums["loss"] += float(loss.detach())
-        seen += len(batch_idx)
+        seen += len(batch_idx) * processes.world_size  # the ranks step together
         views_seen += len(labels)
         step += 1
         if on_step is not None:
@@ -401,6 +420,7 @@ class TrainingSetup:
     training run takes."""
 
     net: EmbeddingNet
+    stepped: nn.Module  # what the steps run: ``net``, or its DistributedDataParallel wrapper
     objective: Objective
     optimizer: torch.optim.Optimizer
     ema: AveragedModel | None
@@ -410,14 +430,22 @@ class TrainingSetup:
     repeats: torch.Tensor
 
 
-def build_training(recipe: TrainRecipe, images: ImageSet) -> TrainingSetup:
+def build_training(
+    recipe: TrainRecipe, images: ImageSet, processes: Processes | None = None
+) -> TrainingSetup:
     """Network (channels-last for bf16), losses, optimiser, weight average, P-K sampler,
-    augmentation and learning-rate schedule for training on ``images``."""
+    augmentation and learning-rate schedule for training on ``images``; with several
+    ``processes``, the network that steps is a DistributedDataParallel of it (which starts
+    every rank from rank 0's weights), and the sampler gives each rank its share."""
+    processes = processes or Processes()
     classes = images.classes
     net = _build(recipe, classes)
     if recipe.bf16:
         net = net.to(memory_format=torch.channels_last)
     objective = build_objective(recipe, classes)
+    if objective.head is not None:
+        processes.broadcast(objective.head)
+    stepped: nn.Module = DistributedDataParallel(net) if processes.distributed else net
     params = list(net.parameters())
     if objective.head is not None:
         params += list(objective.head.parameters())
@@ -430,7 +458,13 @@ def build_training(recipe: TrainRecipe, images: ImageSet) -> TrainingSetup:
     k = max(2, recipe.batch_size // min(recipe.classes_per_batch, len(classes)))
     repeats = repeats_for(images, recipe)
     sampler = PKSampler(
-        images.targets, recipe.classes_per_batch, k, seed=recipe.seed, repeats=repeats
+        images.targets,
+        recipe.classes_per_batch,
+        k,
+        seed=recipe.seed,
+        repeats=repeats,
+        rank=processes.rank,
+        world_size=processes.world_size,
     )
     total_steps = len(sampler) * recipe.epochs
     warmup = max(1, round(recipe.warmup_epochs * len(sampler)))
@@ -439,7 +473,9 @@ def build_training(recipe: TrainRecipe, images: ImageSet) -> TrainingSetup:
         return lr_at(step, total_steps, warmup, recipe.lr, recipe.schedule)
 
     augmentation = build_augmentation(recipe.input_size, recipe.augmentation)
-    return TrainingSetup(net, objective, optimizer, ema, sampler, augmentation, schedule, repeats)
+    return TrainingSetup(
+        net, stepped, objective, optimizer, ema, sampler, augmentation, schedule, repeats
+    )
 
 
 def train(
@@ -449,13 +485,19 @@ def train(
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     datasets: Datasets | None = None,
+    processes: Processes | None = None,
 ) -> ModelCard:
     """Trains per ``recipe`` and writes the model directory ``out_dir``; returns its card.
 
     ``on_event`` receives ``{"event": "data" | "step" | "epoch" | "done", ...}`` dictionaries
     (progress for the service's job view); ``should_stop`` is polled every step.
+
+    With several ``processes`` (``torchrun``), every rank calls this with the same recipe:
+    rank 0 alone reports, evaluates, checkpoints and writes the model, every rank resumes
+    from the same checkpoint, and the run fails unless all ranks end with the same weights.
     """
-    emit = on_event or (lambda event: None)
+    processes = processes or Processes()
+    emit = (on_event or (lambda event: None)) if processes.main else (lambda event: None)
     torch.manual_seed(recipe.seed)
     data = datasets or prepare_data(recipe)
     if len(data.train) < 4:
@@ -470,7 +512,7 @@ def train(
             "classes": classes,
         }
     )
-    setup = build_training(recipe, data.train)
+    setup = build_training(recipe, data.train, processes)
     net, objective, optimizer, ema = setup.net, setup.objective, setup.optimizer, setup.ema
     sampler, schedule, repeats = setup.sampler, setup.schedule, setup.repeats
     steps_per_epoch = len(sampler)
@@ -499,9 +541,9 @@ def train(
 
         epoch_started = time.perf_counter()
         sampler.set_epoch(epoch)
-        torch.manual_seed(recipe.seed * 1_000_003 + epoch)  # augmentation draws
+        torch.manual_seed(recipe.seed * 1_000_003 + epoch + 7919 * processes.rank)  # augmentation
         stats = train_one_epoch(
-            net,
+            setup.stepped,
             objective,
             optimizer,
             data.train,
@@ -513,6 +555,8 @@ def train(
             ema=ema,
             on_step=on_step,
             should_stop=should_stop,
+            processes=processes,
+            mine_globally=recipe.mining_scope == "global",
         )
         step += stats.steps
         entry: dict[str, Any] = {
@@ -525,7 +569,7 @@ def train(
             value = getattr(stats, name)
             if value is not None:
                 entry[f"train_{name}" if name != "active_fraction" else name] = value
-        if len(data.val):
+        if len(data.val) and processes.main:
             export = _export_net(net, ema, bn_images)
             embedder = Embedder(export, backend="torch-bf16" if recipe.bf16 else "torch-fp32")
             quick = evaluate(embedder, data.val, gallery, clusters=False, head=objective.head)
@@ -537,9 +581,21 @@ def train(
         history.append(entry)
         log.info("epoch %d: %s", epoch + 1, entry)
         emit({"event": "epoch", **entry})
-        _save_state(state_dir, modules, optimizer, epoch + 1, step, history, recipe)
+        if processes.main:
+            _save_state(state_dir, modules, optimizer, epoch + 1, step, history, recipe)
+        processes.barrier()  # no rank runs ahead of the checkpoint it would resume from
+    checksums = processes.checksums(net)
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"the training processes ended with different weights: {checksums}")
+    if not processes.main:
+        processes.barrier()  # rank 0 writes the model
+        return read_card(out_dir)
     final_net = _export_net(net, ema, bn_images)
-    metrics: dict[str, Any] = {"train_images": len(data.train), "skipped_images": data.skipped}
+    metrics: dict[str, Any] = {
+        "train_images": len(data.train),
+        "skipped_images": data.skipped,
+        "processes": processes.world_size,
+    }
     if len(data.val):
         final = evaluate(
             Embedder(final_net), data.val, gallery, seed=recipe.seed, head=objective.head
@@ -556,5 +612,6 @@ def train(
         }
     card = save_model(final_net, out_dir, recipe=recipe.to_dict(), metrics=metrics, history=history)
     shutil.rmtree(state_dir, ignore_errors=True)
+    processes.barrier()
     emit({"event": "done", "version": card.version, "metrics": metrics})
     return card

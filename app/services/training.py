@@ -85,8 +85,10 @@ class TrainingJobs:
         jobs_dir: Path,
         train_roots: list[Path],
         max_archive_bytes: int,
+        procs: int = 1,
     ) -> None:
         self.db = db
+        self.procs = procs
         self.images = images
         self.models = models
         self.jobs_dir = jobs_dir
@@ -172,15 +174,18 @@ class TrainingJobs:
             raise
         return self.get(job_id)
 
-    @staticmethod
-    def _launch(spec_path: Path, job_dir: Path) -> subprocess.Popen[str]:
+    def _launch(self, spec_path: Path, job_dir: Path) -> subprocess.Popen[str]:
+        """The worker process; with ``procs`` > 1, ``torchrun`` running that many workers
+        on this machine (rank 0 reports), each with an equal share of the cores."""
+        command = [sys.executable, "-m", "app.training_worker", str(spec_path)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.procs > 1:
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            command = [*launcher, f"--nproc_per_node={self.procs}", *command[1:]]
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.procs)))
         with (job_dir / "worker.log").open("w") as stderr:
             return subprocess.Popen(
-                [sys.executable, "-m", "app.training_worker", str(spec_path)],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
             )
 
     def list(self) -> list[dict[str, Any]]:

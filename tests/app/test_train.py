@@ -213,3 +213,30 @@ def test_an_archive_is_extracted_outside_the_jobs_lock(
         response = first.result(timeout=60)
     assert response.status_code == 202, response.text
     assert wait_for(client, response.json()["job_id"])["status"] == "succeeded"
+
+
+@pytest.mark.slow
+def test_a_job_trains_as_two_processes_with_progress_and_cancel(tmp_path: Path) -> None:
+    """EMBED_TRAIN_PROCS=2: the job runs under torchrun on this machine; its progress, its
+    model and a cancel work as with one process."""
+    with TestClient(create_app(make_settings(tmp_path / "data", train_procs=2))) as client:
+        add(client, "cat", 0, 16)
+        add(client, "bird", 0, 16)
+        body = {"epochs": 2, "batch_size": 8, "activate": "never"}
+        started = client.post("/train", json=body)
+        assert started.status_code == 202, started.text
+        job = wait_for(client, started.json()["job_id"])
+        assert job["status"] == "succeeded", job["error"]
+        assert [entry["epoch"] for entry in job["history"]] == [1, 2]
+        assert job["progress"]["epoch"] == 2 and job["progress"]["steps"] >= 1
+        assert job["metrics"]["processes"] == 2
+        versions = {m["version"]: m for m in client.get("/models").json()["models"]}
+        assert versions[job["model_version"]]["metrics"]["processes"] == 2
+
+        second = client.post("/train", json={**body, "epochs": 50}).json()["job_id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/train/{second}").json()["progress"].get("step") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert client.delete(f"/train/{second}").json()["status"] == "cancelled"
+        assert client.post("/train", json=body).status_code == 202  # the slot is free again
