@@ -22,8 +22,9 @@ from tests.conftest import CIFAR, DEFAULT_MODEL
 
 # a small recipe on a few hundred real images, fine-tuning the shipped model
 RECIPE = [
-    "--data", str(CIFAR), "--classes", "cat,bird", "--max-per-class", "80",
-    "--batch-size", "16", "--classes-per-batch", "2", "--loss", "both",
+    "--data", str(CIFAR), "--classes", "cat,bird", "--max-per-class", "64",
+    "--val-fraction", "0.3", "--batch-size", "16", "--classes-per-batch", "2",
+    "--loss", "both", "--lr", "2e-4",
     "--init-from", str(DEFAULT_MODEL), "--no-bf16",
 ]  # fmt: skip
 
@@ -140,7 +141,7 @@ def test_two_machines_joined_by_rendezvous_train_one_model(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_a_lost_rank_ends_the_run_and_the_next_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "model"
-    command = torchrun("--standalone", "--nproc_per_node=2", *train_command(out, epochs=3))
+    command = torchrun("--standalone", "--nproc_per_node=2", *train_command(out, epochs=2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with (tmp_path / "first.log").open("w") as log:
         launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -150,7 +151,7 @@ def test_a_lost_rank_ends_the_run_and_the_next_run_resumes(tmp_path: Path) -> No
             assert launcher.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        time.sleep(1.0)  # into the second epoch
+        time.sleep(0.5)  # into the second (last) epoch
         workers = subprocess.run(
             ["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True, check=False
         ).stdout.split()
@@ -166,4 +167,4 @@ def test_a_lost_rank_ends_the_run_and_the_next_run_resumes(tmp_path: Path) -> No
     assert second.returncode == 0, log[-3000:]
     assert "resuming at epoch" in log
     card = read_card(out)
-    assert [h["epoch"] for h in card.history] == [1, 2, 3]
+    assert [h["epoch"] for h in card.history] == [1, 2]
