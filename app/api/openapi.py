@@ -26,11 +26,10 @@ from app.settings import Settings
 # BMP, AVIF and HEIC are accepted too; they are left out here because generated clients and
 # test tools cannot produce them from a media type
 IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif"
-IMAGE_UPLOADS = {  # (path, multipart field) of every operation that takes image files
-    ("/embed", "files"),
-    ("/items", "files"),
-    ("/search", "file"),
-    ("/search", "files"),
+IMAGE_UPLOADS = {  # path -> the multipart fields of image files, of every such operation
+    "/embed": ("files",),
+    "/items": ("files",),
+    "/search": ("file", "files"),
 }
 # (operation, status) -> {link name: (target operation, parameter, runtime expression)}
 LINKS = {
@@ -94,19 +93,20 @@ def _resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]
 def describe_uploads(document: dict[str, Any], max_files: int) -> None:
     """Image fields take non-empty files of the accepted image types; file lists hold 1 to
     ``max_files`` of them; a training archive is a zip."""
-    for path, field in IMAGE_UPLOADS:
+    for path, fields in IMAGE_UPLOADS.items():
         body = _multipart(document, path)
-        text_fields = _resolve(document, body["schema"])["properties"].keys() - {field}
+        properties = _resolve(document, body["schema"])["properties"]
         body["encoding"] = {
-            field: {"contentType": IMAGE_TYPES},
-            **{name: {"contentType": "text/plain"} for name in sorted(text_fields)},
+            name: {"contentType": IMAGE_TYPES if name in fields else "text/plain"}
+            for name in sorted(properties)
         }
-        prop = _resolve(document, body["schema"])["properties"][field]
-        if prop.get("type") == "array":
-            prop.update(minItems=1, maxItems=max_files)
-            prop["items"]["minLength"] = 1
-        else:
-            prop["minLength"] = 1
+        for field in fields:
+            prop = properties[field]
+            if prop.get("type") == "array":
+                prop.update(minItems=1, maxItems=max_files)
+                prop["items"]["minLength"] = 1
+            else:
+                prop["minLength"] = 1
     _multipart(document, "/train")["encoding"] = {"archive": {"contentType": "application/zip"}}
     _multipart(document, "/imports")["encoding"] = {
         "archive": {"contentType": "application/zip"},
