@@ -15,7 +15,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from app.server import serve
 
     configure_json_logging(args.log_level)
-    serve(args.host, args.port, args.log_level)
+    serve(args.host, args.port, args.log_level, args.workers)
     return 0
 
 
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (more than one needs EMBED_DATABASE_URL)",
+    )
     serve.set_defaults(handler=run_serve)
     spec = sub.add_parser("openapi", help="print the service's OpenAPI schema")
     spec.add_argument("--out", type=Path, help="write it to this file")

@@ -16,7 +16,7 @@ from app.services.runtime import Runtime
 from app.services.seed import seed_gallery
 from app.services.training import TrainingJobs
 from app.settings import Settings
-from app.store.database import Database
+from app.store.database import Database, open_database
 from app.store.images import ImageStore
 from app.store.index import IndexPolicy
 
@@ -40,7 +40,7 @@ class Services:
             torch.set_num_threads(settings.torch_threads)
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
-        db = Database(data / "store.sqlite3")
+        db = open_database(settings.database_url, data, settings.database_wait_s)
         images = ImageStore(data / "images")
         batcher = InferenceBatcher(
             settings.batch_max_images,
@@ -78,11 +78,14 @@ class Services:
             # cores OpenVINO is about to use (4 ms of every 11 ms batch, measured).
             torch.set_num_threads(1)
         log.info("inference backend: %s", backend)
+        if self.db.shared:  # other workers may activate a model: follow them
+            self.models.follow(self.settings.model_poll_s)
         if self.settings.seed_dir is not None and self.catalog.count() == 0:
             added = seed_gallery(self.catalog, self.runtime, self.settings.seed_dir)
             log.info("seeded the empty store with %d images from %s", added, self.settings.seed_dir)
 
     def stop(self) -> None:
+        self.models.stop_following()
         self.jobs.shutdown()
         self.imports.shutdown()
         self.models.save_index()

@@ -29,6 +29,7 @@ from app.container import Services
 from app.errors import ServiceError
 from app.observability import Metrics
 from app.settings import Settings
+from app.store.database import DatabaseUnavailable
 
 DESCRIPTION = """Embed images with a ResNet18 triplet network, store labelled items, find
 nearest neighbours (FAISS), group them (k-means) and retrain on your own labels."""
@@ -93,6 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        """The shared database is down: nothing was changed that was not committed, and the
+        request may be sent again (with its ``Idempotency-Key``, a write happens once)."""
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     for module in (health, ui, models, embed, items, imports, search, cluster, train, vectors):
         app.include_router(module.router)

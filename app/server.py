@@ -8,6 +8,7 @@ adds one to uvicorn's httptools protocol. Request bodies are timed by
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -17,13 +18,22 @@ from app.settings import Settings
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+@functools.cache
+def header_timeout_s() -> float:
+    """``EMBED_HEADER_TIMEOUT_S``, read once per process."""
+    return Settings().header_timeout_s
+
+
 class HeaderTimeoutProtocol(HttpToolsProtocol):
     """Closes a connection, with 408, when a request's line and headers have not all arrived
     within ``header_timeout`` seconds of the connection opening or of the request's first
     byte. Between requests, uvicorn's keep-alive timeout applies as before."""
 
-    header_timeout = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def header_timeout(self) -> float:
+        return header_timeout_s()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,22 +67,40 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def serve(host: str, port: int, log_level: str) -> None:
+def serve(host: str, port: int, log_level: str, workers: int = 1) -> None:
+    """Runs the service; ``workers`` > 1 runs that many processes under uvicorn's supervisor,
+    which needs the shared store (``EMBED_DATABASE_URL``). Raises :class:`SystemExit` with a
+    message when the configuration or the database does not allow starting."""
     settings = Settings()
-    protocol = type(
-        "HeaderTimeoutProtocol",
-        (HeaderTimeoutProtocol,),
-        {"header_timeout": settings.header_timeout_s},
-    )
+    if workers > 1 and not settings.database_url:
+        raise SystemExit(
+            "--workers needs EMBED_DATABASE_URL (PostgreSQL): the embedded SQLite store and "
+            "its in-process index serve one process"
+        )
+    if settings.database_url:
+        check_database(settings)
     uvicorn.run(
         "app.main:create_app",
         factory=True,
         host=host,
         port=port,
-        http=protocol,
+        http="app.server:HeaderTimeoutProtocol",  # by name: worker processes import it
         limit_concurrency=settings.max_connections,
         log_level=log_level,
+        workers=workers if workers > 1 else None,
         log_config=None,  # keep the JSON handlers configured by the caller
         access_log=False,  # RequestContext logs each request, with its id
         timeout_graceful_shutdown=10,
     )
+
+
+def check_database(settings: Settings) -> None:
+    """Waits (up to ``EMBED_DATABASE_WAIT_S``) for the database and migrates its schema
+    before any worker starts, so that an unreachable one ends the command with a clear
+    message and a non-zero status, not a traceback from every worker."""
+    from app.store.database import DatabaseUnavailable, open_database
+
+    try:
+        open_database(settings.database_url, settings.data_dir, settings.database_wait_s).close()
+    except (DatabaseUnavailable, RuntimeError) as exc:
+        raise SystemExit(f"cannot start: {exc}") from None

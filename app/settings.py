@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBED_", extra="ignore")
 
     data_dir: Path = Path("./data")
+    # postgresql://...: the shared store (several workers and replicas); unset: SQLite + FAISS
+    database_url: str | None = None
+    database_wait_s: float = Field(default=30.0, ge=0)  # for the server at start-up
+    model_poll_s: float = Field(default=1.0, gt=0)  # how often workers check the active model
     model_dir: Path = SHIPPED_MODEL_DIR
     api_key: str | None = None
     train_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
@@ -48,6 +52,15 @@ class Settings(BaseSettings):
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [Path(p) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _check_database_url(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str) and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("EMBED_DATABASE_URL must be a postgresql:// URL")
         return value
 
     @field_validator("api_key", mode="before")

@@ -15,6 +15,7 @@ from PIL import Image
 from model.data import content_fraction
 
 if TYPE_CHECKING:
+    from tests.postgres import PostgresForTests
     from tests.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,18 +65,40 @@ def image_bytes(
     return buffer.getvalue()
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresForTests]:
+    """One real PostgreSQL server (with pgvector) for the whole session."""
+    from tests.postgres import PostgresForTests
+
+    server = PostgresForTests()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresForTests) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
+
+
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts real server processes (``start(env=...)``); each has its own data directory
-    under the test's ``tmp_path`` and logs to ``server.log`` there. All are stopped after the
-    test."""
+    """Starts real server processes (``start(env=..., name=..., data_dir=..., args=...)``);
+    each has its own data directory under the test's ``tmp_path`` unless given one (workers
+    share theirs), and logs to ``<name>.log`` there. All are stopped after the test."""
     from tests.server import ServerProcess
 
     started: list[ServerProcess] = []
 
-    def start(env: dict[str, str] | None = None, name: str = "server") -> ServerProcess:
-        server = ServerProcess(tmp_path / name / "data", tmp_path / f"{name}.log", env)
-        server.data_dir.parent.mkdir(exist_ok=True)
+    def start(
+        env: dict[str, str] | None = None,
+        name: str = "server",
+        data_dir: Path | None = None,
+        args: list[str] | None = None,
+    ) -> ServerProcess:
+        data_dir = data_dir or tmp_path / name / "data"
+        server = ServerProcess(data_dir, tmp_path / f"{name}.log", env, args)
+        server.data_dir.parent.mkdir(parents=True, exist_ok=True)
         started.append(server.start())
         return server
 

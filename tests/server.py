@@ -25,10 +25,17 @@ def free_port() -> int:
 class ServerProcess:
     """Start, stop, kill and restart one server on a fixed port and data directory."""
 
-    def __init__(self, data_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.log = log
         self.env = {"EMBED_MODEL_DIR": str(DEFAULT_MODEL), **(env or {})}
+        self.args = args or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -37,7 +44,7 @@ class ServerProcess:
         """Starts the process and returns once ``/readyz`` answers 200."""
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app", "--port", str(self.port)],
+                [sys.executable, "-m", "app", "--port", str(self.port), *self.args],
                 cwd=ROOT,
                 env={**os.environ, "EMBED_DATA_DIR": str(self.data_dir), **self.env},
                 stdout=output,

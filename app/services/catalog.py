@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import BadRequest, Conflict, NotFound, NotReady
 from app.services.idempotency import as_service_error, replay_if_done
 from app.services.runtime import DecodedUpload, Runtime, Snapshot
 from app.store.database import (
@@ -22,11 +22,11 @@ from app.store.database import (
     ItemRecord,
     KeyReused,
     NewItem,
+    StaleModel,
     VectorPage,
 )
 from app.store.filters import ItemFilter
 from app.store.images import EXTENSIONS, ImageStore
-from app.store.index import VectorIndex
 from model.clustering import auto_kmeans, kmeans, nearest_centroid, project_2d
 from model.metrics import clustering_metrics, silhouette
 
@@ -40,6 +40,11 @@ EXTERNAL_ID_MAX = 128
 MAX_METADATA_BYTES = 16_384
 SPARE_RESULTS = 8
 ASSIGN_CHUNK = 20_000  # vectors read and assigned to a centroid at a time
+
+
+def model_changed() -> NotReady:
+    """Another worker activated a model while this write was embedding with the old one."""
+    return NotReady("the active model changed while this request ran; send it again")
 
 
 def check_label(label: str) -> str:
@@ -124,6 +129,9 @@ class Catalog:
                     f"external id {exc.external_id!r} is taken; PUT /items/{{external_id}} "
                     "replaces that item"
                 ) from exc
+            except StaleModel as exc:
+                self._remove_unused(uploads, hashes)
+                raise model_changed() from exc
             snapshot.index.add(np.array(ids, dtype=np.int64), vectors)
             self._fit_index(snapshot)
         records = self.db.get_items(ids)
@@ -147,12 +155,23 @@ class Catalog:
                 existing: ItemRecord | None = self.get(item)  # an item id: it must exist
             else:
                 existing = self.db.item_by_external_id(item)
+            try:
+                if existing is None:
+                    (item_id,) = self.db.add_items([new], snapshot.version)
+                else:
+                    record = self.db.replace_item(existing.id, new, snapshot.version)
+            except StaleModel as exc:
+                self._remove_unused([upload], [image_hash])
+                raise model_changed() from exc
+            except ExternalIdTaken as exc:  # created meanwhile by another worker
+                self._remove_unused([upload], [image_hash])
+                raise Conflict(
+                    f"item {item!r} was created meanwhile; send the request again"
+                ) from exc
             if existing is None:
-                (item_id,) = self.db.add_items([new], snapshot.version)
                 snapshot.index.add(np.array([item_id], dtype=np.int64), vectors)
                 self._fit_index(snapshot)
                 return self.get(item_id), True
-            record = self.db.replace_item(existing.id, new, snapshot.version)
             ids = np.array([existing.id], dtype=np.int64)
             snapshot.index.remove(ids)
             snapshot.index.add(ids, vectors)
@@ -190,14 +209,11 @@ class Catalog:
                 self.images.remove(image_hash, EXTENSIONS[upload.format])
 
     def _fit_index(self, snapshot: Snapshot) -> None:
-        """Rebuilds the index when the item count moves into another kind's range (exact
-        below the threshold, approximate above, with hysteresis); called under ``write_lock``."""
-        policy = self.runtime.index_policy
-        if policy.kind_for(len(snapshot.index), current=snapshot.index.kind) == snapshot.index.kind:
-            return
-        ids, vectors = self.db.vectors(snapshot.version, snapshot.embedder.dim)
-        index = VectorIndex.build(snapshot.version, ids, vectors, policy)
-        self.runtime.swap(replace(snapshot, index=index))
+        """Swaps in a rebuilt index when the store says the item count calls for another
+        kind (see ``refit_index``); called under ``write_lock``."""
+        index = self.db.refit_index(snapshot.index, self.runtime.index_policy)
+        if index is not None:
+            self.runtime.swap(replace(snapshot, index=index))
 
     def export_vectors(
         self, model_version: str | None
@@ -278,12 +294,11 @@ class Catalog:
                 raise BadRequest(f"query {number}: give an image, an item id or a vector")
             rows.append(row)
             excluded.append(exclude)
-        allowed = self.db.ids_matching(item_filter) if item_filter is not None else None
-        if not queries or (allowed is not None and len(allowed) == 0):
-            return [SearchResult(snapshot.version, [], None) for _ in queries]
+        if not queries:
+            return []
         # a few spare results stand in for items deleted between the search and the lookup
         spare = (1 if any(e is not None for e in excluded) else 0) + SPARE_RESULTS
-        scores, ids = snapshot.index.search(np.stack(rows), k + spare, allowed)
+        scores, ids = self.db.nearest(snapshot.index, np.stack(rows), k + spare, item_filter)
         hits = [
             [
                 (int(i), float(s))

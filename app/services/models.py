@@ -20,7 +20,13 @@ from app.errors import BadRequest, Conflict, NotFound, NotReady, ServiceError
 from app.services.catalog import Catalog
 from app.services.idempotency import replay_if_done
 from app.services.runtime import Runtime, Snapshot
-from app.store.database import Database, IdempotencyKey
+from app.store.database import (
+    Claim,
+    Database,
+    DatabaseUnavailable,
+    IdempotencyKey,
+    ItemsWithoutVectors,
+)
 from app.store.images import ImageStore
 from app.store.index import VectorIndex
 from model.backends import BackendChoice
@@ -31,6 +37,8 @@ from model.preprocessing import ImageDecodeError, decode_image
 log = logging.getLogger(__name__)
 
 REEMBED_BATCH = 128
+ACTIVATION_ATTEMPTS = 10  # rounds of embedding what other workers added during an activation
+ACTIVATION = "activation"  # the claim an activation holds
 MAX_REPORTED_IDS = 100  # ids listed in an activation result; the count is always exact
 
 
@@ -54,6 +62,8 @@ class ModelService:
         self.backend = backend
         self.backend_cache = models_dir / "backend-selection.json"  # measured per CPU and model
         self._activation_lock = threading.Lock()
+        self._activation_claim: Claim | None = None
+        self._stop_following = threading.Event()
         self.activating: str | None = None
         self.progress = {"reembedded": 0, "total": 0}  # of the running activation
         self.last_activation: dict[str, Any] = {}
@@ -117,16 +127,55 @@ class ModelService:
             active = default_card.version
             self.db.activate_model(active)
         embedder, card = self._load(active)
-        self.db.drop_vectors_except(active)  # those of an activation a crash interrupted
+        claim = self.db.claim(ACTIVATION)
+        if claim is not None:  # no other worker is activating a model
+            try:
+                self.db.drop_vectors_except(active)  # those of an interrupted activation
+            finally:
+                claim.release()
         self.unreadable_at_start = self._embed_missing(embedder, active)
-        generation = self.db.generation()
         policy = self.runtime.index_policy
-        index = VectorIndex.load(self.index_dir, active, embedder.dim, generation, policy)
-        if index is None:
-            ids, vectors = self.db.vectors(active, embedder.dim)
-            index = VectorIndex.build(active, ids, vectors, policy)
-            log.info("built index of %s from the database: %d vectors", active, len(index))
+        index = self.db.open_index(active, embedder.dim, policy, self.index_dir)
         self.runtime.swap(Snapshot(active, card, embedder, index))
+
+    def follow(self, interval_s: float) -> threading.Thread:
+        """Switches this worker to the model that another worker activated, checking the
+        active version every ``interval_s`` seconds (a shared store only). Until it has
+        switched, a write with the old model is refused (503), and searches answer from the
+        old version's vectors, which the store keeps until the next activation."""
+
+        def run() -> None:
+            while not self._stop_following.wait(interval_s):
+                try:
+                    self._follow_once()
+                except (DatabaseUnavailable, ServiceError) as exc:
+                    log.warning("could not check the active model: %s", exc)
+                except Exception:
+                    log.exception("could not switch to the active model")
+
+        thread = threading.Thread(target=run, name="follow-model", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_following(self) -> None:
+        self._stop_following.set()
+
+    def _follow_once(self) -> None:
+        """Under the activation lock (skipped while this worker activates a model), so that
+        the version read and the swap cannot straddle an activation of this worker's."""
+        if not self._activation_lock.acquire(blocking=False):
+            return
+        try:
+            active = self.db.get_state("active_model")
+            if active is None or active == self.runtime.snapshot.version:
+                return
+            embedder, card = self._load(active)
+            index = self.db.build_index(active, embedder.dim, self.runtime.index_policy)
+            with self.catalog.write_lock:
+                self.runtime.swap(Snapshot(active, card, embedder, index))
+        finally:
+            self._activation_lock.release()
+        log.info("switched to model %s, activated by another worker", active)
 
     def save_index(self) -> None:
         """Saves the active index for a quick next start. Under the write lock, so that no
@@ -170,6 +219,15 @@ class ModelService:
             raise NotFound(f"model version {version!r} not found")
         if not self._activation_lock.acquire(blocking=False):
             raise Conflict(f"model {self.activating} is being activated")
+        try:
+            claim = self.db.claim(ACTIVATION)
+        except BaseException:
+            self._activation_lock.release()
+            raise
+        if claim is None:
+            self._activation_lock.release()
+            raise Conflict("another worker is activating a model")
+        self._activation_claim = claim
         self.activating = version
         self.progress = {"reembedded": 0, "total": 0}
 
@@ -183,6 +241,9 @@ class ModelService:
             raise
         finally:
             self.activating = None
+            if self._activation_claim is not None:
+                self._activation_claim.release()
+                self._activation_claim = None
             self._activation_lock.release()
         self.last_activation = result
         return result
@@ -201,17 +262,25 @@ class ModelService:
         embedder, card = self._load(version)
         unreadable = set(self._embed_missing(embedder, version))
         with self.catalog.write_lock:  # the items added meanwhile (and the unreadable again)
-            unreadable.update(self._embed_missing(embedder, version))
-            ids, vectors = self.db.vectors(version, embedder.dim)
-            index = VectorIndex.build(version, ids, vectors, self.runtime.index_policy)
-            self.db.activate_model(version)
+            for _ in range(ACTIVATION_ATTEMPTS):
+                unreadable.update(self._embed_missing(embedder, version))
+                index = self.db.build_index(version, embedder.dim, self.runtime.index_policy)
+                try:  # fails if another worker added items since
+                    self.db.activate_model(version, unreadable)
+                    break
+                except ItemsWithoutVectors:
+                    continue
+            else:
+                raise Conflict(
+                    f"items kept arriving faster than {version} could embed them; try again"
+                )
             self.runtime.swap(Snapshot(version, card, embedder, index))
             index.save(self.index_dir, self.db.generation())
         VectorIndex.discard(self.index_dir, current.version)
         result = {
             "version": version,
             "status": "active",
-            "reembedded": len(ids),
+            "reembedded": len(index),
             "unreadable_items": len(unreadable),
             "unreadable_ids": sorted(unreadable)[:MAX_REPORTED_IDS],
             "seconds": round(time.perf_counter() - started, 3),

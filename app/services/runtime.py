@@ -26,7 +26,7 @@ from PIL import Image
 
 from app.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
 from app.services.batching import InferenceBatcher
-from app.store.index import IndexPolicy, VectorIndex
+from app.store.index import Index, IndexPolicy
 from model.checkpoint import ModelCard
 from model.embedding import Embedder
 from model.preprocessing import ImageDecodeError, decode_with_format, prepare
@@ -37,7 +37,7 @@ class Snapshot:
     version: str
     card: ModelCard
     embedder: Embedder
-    index: VectorIndex
+    index: Index
 
 
 @dataclass(frozen=True)

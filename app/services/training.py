@@ -35,7 +35,7 @@ from app.errors import (
 from app.services.archives import ClassFolderArchive
 from app.services.idempotency import as_service_error, replay_if_done
 from app.services.models import ModelService
-from app.store.database import AlreadyDone, Database, IdempotencyKey, KeyReused
+from app.store.database import AlreadyDone, Claim, Database, IdempotencyKey, KeyReused
 from app.store.images import ImageStore
 from app.training_worker import EXIT_CANCELLED
 from model.backends import bf16_native
@@ -45,6 +45,7 @@ from model.recipe import TUNABLE_FIELDS, TrainRecipe
 log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
+TRAINING = "training"  # the claim the worker running a job holds: one job at a time
 
 
 MIN_IMAGES_PER_LABEL = 5
@@ -97,18 +98,43 @@ class TrainingJobs:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[str] | None = None
         self._job_id: str | None = None
+        self._claim: Claim | None = None
         self._cancel_requested = False
         self._monitor: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Marks jobs that a previous server process left unfinished as failed."""
+        """Marks jobs that a previous server process left unfinished as failed: those no
+        worker holds the training claim for (a shared store releases a dead worker's)."""
+        claim = self.db.claim(TRAINING)
+        if claim is None:  # another worker is running a job
+            return
+        try:
+            self._fail_unfinished("interrupted by a server restart")
+        finally:
+            claim.release()
+
+    def _fail_unfinished(self, reason: str) -> None:
         for job in self.db.jobs():
             if job["status"] not in FINISHED:
-                self.db.update_job(
-                    job["job_id"], status="failed", error="interrupted by a server restart"
-                )
+                self.db.update_job(job["job_id"], status="failed", error=reason)
+
+    def _fail_orphans(self, jobs: list[dict[str, Any]]) -> bool:
+        """Fails the unfinished jobs that no worker runs any more (their worker died, and
+        with it its claim); returns whether it changed any."""
+        with self._lock:
+            running_here = self._job_id is not None
+        if running_here or all(job["status"] in FINISHED for job in jobs):
+            return False
+        claim = self.db.claim(TRAINING)
+        if claim is None:
+            return False
+        try:
+            self._fail_unfinished("its server worker stopped")
+        finally:
+            claim.release()
+        return True
 
     def shutdown(self) -> None:
         with self._lock:
@@ -143,6 +169,10 @@ class TrainingJobs:
         with self._lock:
             if self._job_id is not None:
                 raise Conflict(f"training job {self._job_id} is still running")
+            claim = self.db.claim(TRAINING)
+            if claim is None:
+                raise Conflict("a training job is running on another worker")
+            self._claim = claim
             self._job_id = job_id  # claimed: preparing, no process yet
             self._cancel_requested = False
         job_dir = self.jobs_dir / job_id
@@ -169,10 +199,18 @@ class TrainingJobs:
             shutil.rmtree(job_dir, ignore_errors=True)
             if self.db.jobs(job_id):
                 self.db.update_job(job_id, status="failed", error="the job could not start")
-            with self._lock:
-                self._job_id = None
+            self._release()
             raise
         return self.get(job_id)
+
+    def _release(self) -> None:
+        """Ends this process's job: its slot and its claim."""
+        with self._lock:
+            self._job_id = None
+            self._process = None
+            claim, self._claim = self._claim, None
+        if claim is not None:
+            claim.release()
 
     def _launch(self, spec_path: Path, job_dir: Path) -> subprocess.Popen[str]:
         """The worker process; with ``procs`` > 1, ``torchrun`` running that many workers
@@ -189,10 +227,13 @@ class TrainingJobs:
             )
 
     def list(self) -> list[dict[str, Any]]:
-        return self.db.jobs()
+        jobs = self.db.jobs()
+        return self.db.jobs() if self._fail_orphans(jobs) else jobs
 
     def get(self, job_id: str) -> dict[str, Any]:
         jobs = self.db.jobs(job_id)
+        if jobs and self._fail_orphans(jobs):
+            jobs = self.db.jobs(job_id)
         if not jobs:
             raise NotFound(f"training job {job_id!r} not found")
         return jobs[0]
@@ -205,6 +246,8 @@ class TrainingJobs:
             if job_id == self._job_id and self._process is not None:
                 self._cancel_requested = True
                 self._process.terminate()
+                job["status"] = "cancelled"
+            elif job["status"] not in FINISHED:  # run by another worker, which stops it
                 job["status"] = "cancelled"
             self.db.delete_job(job_id)  # under the lock: the job's monitor cannot be between
         return job
@@ -304,6 +347,9 @@ class TrainingJobs:
             kind = event.get("event")
             if kind == "step" and time.monotonic() - last_update > 0.5:
                 last_update = time.monotonic()
+                if not self.db.jobs(job_id):  # deleted, through another worker
+                    self._cancel_requested = True
+                    process.terminate()
                 progress = {k: event[k] for k in ("epoch", "step", "steps", "loss")}
                 progress["epochs"] = options["epochs"]
                 self.db.update_job(job_id, progress=progress)
@@ -324,9 +370,7 @@ class TrainingJobs:
             self.db.update_job(job_id, status="failed", error=str(exc))
         finally:
             shutil.rmtree(job_dir / "dataset", ignore_errors=True)
-            with self._lock:
-                self._job_id = None
-                self._process = None
+            self._release()
 
     def _finish(
         self,

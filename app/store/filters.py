@@ -10,10 +10,11 @@ any nearest-neighbour search, listing or clustering runs on them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 Scalar = str | int | float | bool | None
 
@@ -60,17 +61,19 @@ class ItemFilter:
         )
         return cls(conditions) if conditions else None
 
-    def where(self) -> tuple[str, list[Any]]:
-        """An SQL condition on the ``items`` table and its parameters."""
+    def where(self, dialect: Literal["sqlite", "postgres"] = "sqlite") -> tuple[str, list[Any]]:
+        """An SQL condition on the ``items`` table and its parameters, for SQLite (``?``
+        placeholders, metadata as JSON text) or PostgreSQL (``%s``, metadata as ``jsonb``)."""
+        match = _match if dialect == "sqlite" else _match_postgres
         clauses, params = [], []
         for field, values in self.conditions:
             alternatives = []
             for value in values:
-                sql, args = _match(field, value)
+                sql, args = match(field, value)
                 alternatives.append(sql)
                 params.extend(args)
             clauses.append("(" + " OR ".join(alternatives) + ")")
-        return " AND ".join(clauses) or "1", params
+        return " AND ".join(clauses) or ("1" if dialect == "sqlite" else "TRUE"), params
 
 
 def _match(field: str, value: Scalar) -> tuple[str, list[Any]]:
@@ -92,3 +95,18 @@ def _match(field: str, value: Scalar) -> tuple[str, list[Any]]:
         f"({kind} IN ('integer', 'real') AND json_extract(items.metadata, ?) = ?)",
         [path, path, value],
     )
+
+
+def _match_postgres(field: str, value: Scalar) -> tuple[str, list[Any]]:
+    """jsonb containment (which a GIN index serves) compares JSON values kind by kind, as
+    the SQLite form does: ``{"a": "5"}`` does not contain ``{"a": 5}``, nor ``1`` ``true``."""
+    if field in COLUMNS:
+        if value is None:
+            return f"items.{field} IS NULL", []
+        if isinstance(value, str):
+            return f"items.{field} = %s", [value]
+        return "FALSE", []
+    wanted: Any = value
+    for key in reversed(field.split(".")[1:]):
+        wanted = {key: wanted}
+    return "items.metadata @> %s::jsonb", [json.dumps(wanted)]

@@ -20,7 +20,7 @@ import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import faiss
 import numpy as np
@@ -51,6 +51,23 @@ class IndexPolicy:
         if current == "ivf":
             return "flat" if count < self.ann_threshold * self.flat_below else "ivf"
         return "ivf" if count >= self.ann_threshold else "flat"
+
+
+class Index(Protocol):
+    """One model version's vectors as a snapshot searches them. Items are written to the
+    database first; ``add`` and ``remove`` then keep an in-process index in step (an index
+    that lives in the database itself has nothing to do)."""
+
+    @property
+    def version(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+    def __len__(self) -> int: ...
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> None: ...
+    def vector(self, item_id: int) -> np.ndarray | None: ...
+    def save(self, directory: Path, generation: int) -> None: ...
 
 
 class VectorIndex:

@@ -17,11 +17,36 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import CIFAR, DEFAULT_MODEL
 
+# Modules whose tests do not touch the store run once; every other API test runs against both
+# stores, the embedded one (SQLite + FAISS) and PostgreSQL with pgvector.
+STORE_INDEPENDENT = frozenset({"test_batching", "test_index", "test_training_worker"})
+_database_url: dict[str, str | None] = {"current": None}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        stores = ["sqlite"] if module in STORE_INDEPENDENT else ["sqlite", "postgres"]
+        metafunc.parametrize("store", stores, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store this test's apps use: ``make_settings`` points them at a fresh PostgreSQL
+    database for ``postgres``."""
+    kind: str = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("postgres_url") if kind == "postgres" else None
+    _database_url["current"] = url
+    yield kind
+    _database_url["current"] = None
+
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for an in-process app. It keeps the test process's thread count, which
-    start-up would otherwise lower to one under OpenVINO, slowing every later test."""
+    """Settings for an in-process app, on the test's store. It keeps the test process's
+    thread count, which start-up would otherwise lower to one under OpenVINO, slowing every
+    later test."""
     overrides.setdefault("torch_threads", torch.get_num_threads())
+    overrides.setdefault("database_url", _database_url["current"])
     return Settings(data_dir=data_dir, model_dir=DEFAULT_MODEL, **overrides)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.store.database import Database
+from app.store.sqlite import SqliteDatabase
 from tests.app.conftest import cifar_upload, item_count
 
 CAT = cifar_upload("cat", 0, 1)[0][1]
@@ -128,12 +128,12 @@ def test_a_database_from_before_external_ids_is_migrated(tmp_path: Path) -> None
     )
     old.commit()
     old.close()
-    db = Database(path)
+    db = SqliteDatabase(path)
     record = db.get_item(1)
     assert record is not None and record.external_id is None and record.label == "cat"
     assert db.item_by_external_id("anything") is None
     db.close()
-    Database(path).close()  # a second start finds it migrated
+    SqliteDatabase(path).close()  # a second start finds it migrated
 
 
 def test_put_by_item_id_replaces_an_existing_item_only(client: TestClient) -> None:

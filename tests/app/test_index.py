@@ -12,6 +12,7 @@ from app.store.index import IndexPolicy, VectorIndex
 from model.data import discover, load
 from model.embedding import Embedder
 from tests.app.conftest import add, make_settings
+from tests.app.test_restart import search_ids
 from tests.conftest import DEFAULT_MODEL
 
 
@@ -149,3 +150,28 @@ def test_a_saved_index_holds_exactly_the_generation_it_is_labelled_with(tmp_path
         version, generation = index.version, services.db.generation()
         saved = VectorIndex.load(tmp_path / "data" / "index", version, index.dim, generation)
         assert saved is not None and len(saved) == 4
+
+
+# The embedded store's saved FAISS index, through the app
+
+
+def test_damaged_index_is_rebuilt_from_the_database(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        add(client, "cat", 0, 5)
+        before = search_ids(client)
+    for path in (tmp_path / "index").glob("*.faiss"):
+        path.write_bytes(b"garbage")
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        assert search_ids(client) == before
+
+
+def test_stale_index_is_rebuilt(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        add(client, "cat", 0, 3)
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "index").iterdir()}
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        add(client, "bird", 0, 3)
+    for name, data in saved.items():  # put back the copy from before the birds
+        (tmp_path / "index" / name).write_bytes(data)
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        assert len(search_ids(client)) == 6
