@@ -682,6 +682,7 @@ class PostgresDatabase:
                         "((vector::vector({})) vector_ip_ops) WHERE model_version = {}"
                     ).format(sql.Identifier(name), sql.Literal(dim), sql.Literal(version))
                 )
+                conn.execute("ANALYZE vectors")  # so that the planner sees what it serves
             log.info("HNSW index of %s built in %.1f s", version, time.perf_counter() - started)
         except psycopg.Error:
             log.exception("building the HNSW index of %s failed; search stays exact", version)
@@ -693,28 +694,14 @@ class PostgresDatabase:
         self, index: Index, queries: np.ndarray, k: int, item_filter: ItemFilter | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, ids)`` per query (id -1 where there are fewer) among the
-        items that match ``item_filter``. The version is written into the statement, not
-        bound, so that PostgreSQL can match it to the version's partial HNSW index."""
+        items that match ``item_filter``."""
         assert isinstance(index, PgvectorIndex)
         k = max(1, k)
-        where, params = (item_filter or ItemFilter()).where("postgres")
-        distance = sql.SQL("(v.vector::vector({})) <#> %s").format(sql.Literal(index.dim))
-        statement = sql.SQL(
-            "SELECT v.item_id, {distance} AS distance FROM vectors v "
-            "WHERE v.model_version = {version}"
-            " AND EXISTS (SELECT 1 FROM items WHERE items.id = v.item_id AND {where}) "
-            "ORDER BY {distance} LIMIT %s"
-        ).format(distance=distance, version=sql.Literal(index.version), where=sql.SQL(where))
+        statement, params = self._nearest_sql(index, item_filter)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         found = np.full((len(queries), k), -1, dtype=np.int64)
         with self._transaction() as conn:
-            if index.kind == "hnsw":
-                conn.execute(
-                    sql.SQL("SET LOCAL hnsw.ef_search = {}").format(
-                        sql.Literal(max(EF_SEARCH_MIN, min(1000, 2 * k)))
-                    )
-                )
-                conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+            self._search_settings(conn, index, k)
             for row, query in enumerate(queries):
                 vector = _vector(query)
                 hits = conn.execute(statement, [vector, *params, vector, k]).fetchall()
@@ -722,6 +709,51 @@ class PostgresDatabase:
                     found[row, column] = hit["item_id"]
                     scores[row, column] = -float(hit["distance"])
         return scores, found
+
+    def nearest_plan(
+        self, index: PgvectorIndex, query: np.ndarray, k: int, item_filter: ItemFilter | None
+    ) -> str:
+        """PostgreSQL's plan for one query of :meth:`nearest` (``EXPLAIN``): whether it
+        scans the HNSW index or compares every vector."""
+        statement, params = self._nearest_sql(index, item_filter)
+        vector = _vector(query)
+        with self._transaction() as conn:
+            self._search_settings(conn, index, k)
+            rows = conn.execute(sql.SQL("EXPLAIN ") + statement, [vector, *params, vector, k])
+            return "\n".join(row["QUERY PLAN"] for row in rows.fetchall())
+
+    @staticmethod
+    def _nearest_sql(
+        index: PgvectorIndex, item_filter: ItemFilter | None
+    ) -> tuple[sql.Composed, list[Any]]:
+        """The statement (parameters: query, the filter's, query, k) and the filter's
+        parameters. For HNSW, the version is written into the statement, not bound, and
+        the distance is the indexed expression, so that PostgreSQL can use the version's
+        partial HNSW index; an exact search orders by another expression, which no index
+        serves."""
+        where, params = (item_filter or ItemFilter()).where("postgres")
+        distance: sql.Composable = sql.SQL("v.vector <#> %s")
+        if index.kind == "hnsw":
+            distance = sql.SQL("(v.vector::vector({})) <#> %s").format(sql.Literal(index.dim))
+        statement = sql.SQL(
+            "SELECT v.item_id, {distance} AS distance FROM vectors v "
+            "WHERE v.model_version = {version}"
+            " AND EXISTS (SELECT 1 FROM items WHERE items.id = v.item_id AND {where}) "
+            "ORDER BY {distance} LIMIT %s"
+        ).format(distance=distance, version=sql.Literal(index.version), where=sql.SQL(where))
+        return statement, params
+
+    @staticmethod
+    def _search_settings(
+        conn: psycopg.Connection[dict[str, Any]], index: PgvectorIndex, k: int
+    ) -> None:
+        """For an HNSW search: a candidate list of at least ``2k``, and an iterative scan
+        that goes on past filtered-out rows until ``k`` match, in exact distance order."""
+        if index.kind != "hnsw":
+            return
+        ef_search = max(EF_SEARCH_MIN, min(1000, 2 * k))
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
+        conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
 
     # --- models ----------------------------------------------------------------------------
 

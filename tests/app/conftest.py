@@ -17,17 +17,20 @@ from app.main import create_app
 from app.settings import Settings
 from tests.conftest import CIFAR, DEFAULT_MODEL
 
-# Modules whose tests do not touch the store run once; every other API test runs against both
-# stores, the embedded one (SQLite + FAISS) and PostgreSQL with pgvector.
-STORE_INDEPENDENT = frozenset({"test_batching", "test_index", "test_training_worker"})
+# Every API test runs against both stores: the embedded one (SQLite + FAISS) and PostgreSQL
+# with pgvector. Not parametrised here: modules whose tests do not touch the store, and
+# test_filters, whose module-scoped data set is parametrised over STORES itself.
+STORES = ("sqlite", "postgres")
+NOT_PARAMETRISED = frozenset(
+    {"test_batching", "test_index", "test_training_worker", "test_filters", "test_postgres_store"}
+)
 _database_url: dict[str, str | None] = {"current": None}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "store" in metafunc.fixturenames:
-        module = metafunc.module.__name__.rsplit(".", 1)[-1]
-        stores = ["sqlite"] if module in STORE_INDEPENDENT else ["sqlite", "postgres"]
-        metafunc.parametrize("store", stores, indirect=True)
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "store" in metafunc.fixturenames and module not in NOT_PARAMETRISED:
+        metafunc.parametrize("store", STORES, indirect=True)
 
 
 @pytest.fixture(autouse=True)

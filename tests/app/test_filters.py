@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app.conftest import cifar_upload, make_settings
+from tests.app.conftest import STORES, cifar_upload, make_settings
 
 LABELS = ("cat", "bird", "dog", "ship")
 PER_LABEL = 60
@@ -29,12 +29,17 @@ def item_metadata(label: str, n: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, dict]]:
+@pytest.fixture(scope="module", params=STORES)
+def catalog(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, dict]]:
     """240 CIFAR-10 items of four labels with varied metadata, and every item's label,
-    metadata and vector as the service exports them."""
+    metadata and vector as the service exports them; in each store."""
     data_dir: Path = tmp_path_factory.mktemp("filters") / "data"
-    with TestClient(create_app(make_settings(data_dir))) as client:
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_server").new_database()
+    with TestClient(create_app(make_settings(data_dir, database_url=url))) as client:
         for label in LABELS:
             for start in range(0, PER_LABEL, 30):
                 files = cifar_upload(label, start, 30)
@@ -89,9 +94,9 @@ FILTERS = [
 
 @pytest.mark.parametrize("item_filter", FILTERS)
 def test_filtered_search_is_the_brute_force_answer(
-    store: tuple[TestClient, dict], item_filter: dict[str, Any]
+    catalog: tuple[TestClient, dict], item_filter: dict[str, Any]
 ) -> None:
-    client, truth = store
+    client, truth = catalog
     allowed = [i for i, item in truth["items"].items() if matches(item, item_filter)]
     assert allowed, "every filter here matches some items"
     rng = np.random.default_rng(len(json.dumps(item_filter)))
@@ -110,9 +115,9 @@ def test_filtered_search_is_the_brute_force_answer(
 
 @pytest.mark.parametrize("item_filter", FILTERS)
 def test_filtered_listing_and_clustering_cover_the_matching_items(
-    store: tuple[TestClient, dict], item_filter: dict[str, Any]
+    catalog: tuple[TestClient, dict], item_filter: dict[str, Any]
 ) -> None:
-    client, truth = store
+    client, truth = catalog
     allowed = sorted(i for i, item in truth["items"].items() if matches(item, item_filter))
     listed = client.get("/items", params={"filter": json.dumps(item_filter), "limit": 1000})
     assert listed.status_code == 200, listed.text
@@ -125,9 +130,9 @@ def test_filtered_listing_and_clustering_cover_the_matching_items(
 
 
 def test_a_filter_by_image_and_the_label_parameter_combine(
-    store: tuple[TestClient, dict],
+    catalog: tuple[TestClient, dict],
 ) -> None:
-    client, truth = store
+    client, truth = catalog
     query = cifar_upload("cat", 500, 1)[0][1]
     response = client.post(
         "/search",
@@ -140,8 +145,8 @@ def test_a_filter_by_image_and_the_label_parameter_combine(
         assert item["label"] == "cat" and item["metadata"]["source"] == "web"
 
 
-def test_values_match_only_their_own_json_kind(store: tuple[TestClient, dict]) -> None:
-    client, _ = store
+def test_values_match_only_their_own_json_kind(catalog: tuple[TestClient, dict]) -> None:
+    client, _ = catalog
     vector = [1.0] + [0.0] * 127
 
     def found(item_filter: dict[str, Any]) -> int:
@@ -176,8 +181,8 @@ def test_values_match_only_their_own_json_kind(store: tuple[TestClient, dict]) -
         ["label", "cat"],  # not an object
     ],
 )
-def test_bad_filters_are_422(store: tuple[TestClient, dict], item_filter: Any) -> None:
-    client, _ = store
+def test_bad_filters_are_422(catalog: tuple[TestClient, dict], item_filter: Any) -> None:
+    client, _ = catalog
     body = {"vector": [1.0] + [0.0] * 127, "filter": item_filter}
     assert client.post("/search", json=body).status_code == 422
     assert client.post("/cluster", json={"k": 2, "filter": item_filter}).status_code == 422
@@ -188,16 +193,16 @@ def test_bad_filters_are_422(store: tuple[TestClient, dict], item_filter: Any) -
     assert client.post("/search", files={"file": query}, data=form).status_code == 422
 
 
-def test_a_filter_that_is_not_json_is_422(store: tuple[TestClient, dict]) -> None:
-    client, _ = store
+def test_a_filter_that_is_not_json_is_422(catalog: tuple[TestClient, dict]) -> None:
+    client, _ = catalog
     assert client.get("/items", params={"filter": "{label"}).status_code == 422
     query = cifar_upload("cat", 500, 1)[0][1]
     response = client.post("/search", files={"file": query}, data={"filter": "{"})
     assert response.status_code == 422
 
 
-def test_a_filter_matching_nothing_finds_nothing(store: tuple[TestClient, dict]) -> None:
-    client, _ = store
+def test_a_filter_matching_nothing_finds_nothing(catalog: tuple[TestClient, dict]) -> None:
+    client, _ = catalog
     body = {"id": 1, "filter": {"metadata.source": "nowhere"}}
     assert client.post("/search", json=body).json()["neighbors"] == []
     assert client.post("/cluster", json={"k": 2, "filter": body["filter"]}).status_code == 409
