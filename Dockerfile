@@ -10,7 +10,8 @@ RUN python -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY model ./model
-RUN /opt/venv/bin/pip install .
+# the postgres extra: the same image serves the embedded store and the shared PostgreSQL one
+RUN /opt/venv/bin/pip install ".[postgres]"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
