@@ -47,7 +47,12 @@ class Services:
             settings.batch_wait_ms / 1000,
             on_batch=metrics.batch_size.observe,
         )
-        policy = IndexPolicy(settings.index_kind, settings.ann_threshold, settings.ivf_nprobe)
+        policy = IndexPolicy(
+            settings.index_kind,
+            settings.ann_threshold,
+            settings.ivf_nprobe,
+            ef_search=settings.hnsw_ef_search,
+        )
         runtime = Runtime(settings.max_image_pixels, batcher, policy)
         catalog = Catalog(db, images, runtime, settings.cluster_sample)
         models = ModelService(

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     index_kind: Literal["auto", "flat", "ivf"] = "auto"
     ann_threshold: int = Field(default=200_000, ge=1)
     ivf_nprobe: int = Field(default=32, ge=1, le=65536)
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
     seed_dir: Path | None = None
     max_archive_mb: float = Field(default=512.0, gt=0)
     train_procs: int = Field(default=1, ge=1, le=256)

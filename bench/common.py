@@ -72,12 +72,14 @@ def start_server(
     env: dict[str, str] | None = None,
     log_level: str = "info",
     timeout: float = 120,
+    args: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Starts ``python -m app`` on a loopback port with its own data directory and returns
-    once ``/readyz`` answers 200. Its output is appended to ``log`` (or discarded)."""
+    """Starts ``python -m app`` (with ``args``) on a loopback port with its own data directory
+    and returns once ``/readyz`` answers 200. Its output is appended to ``log`` (or
+    discarded)."""
     output = log.open("ab") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port), "--log-level", log_level],
+        [sys.executable, "-m", "app", "--port", str(port), "--log-level", log_level, *(args or [])],
         cwd=ROOT,
         env={**os.environ, "EMBED_DATA_DIR": str(data_dir), **(env or {})},
         stdout=output,

@@ -43,6 +43,7 @@ class IndexPolicy:
     ann_threshold: int = 200_000
     nprobe: int = 32
     flat_below: float = 0.9
+    ef_search: int = 100  # candidates an HNSW search keeps (PostgreSQL store)
 
     def kind_for(self, count: int, current: IndexKind | None = None) -> IndexKind:
         """The kind for ``count`` vectors, given the ``current`` index's kind if there is one."""

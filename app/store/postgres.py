@@ -129,7 +129,9 @@ JOB_JSON = ("request", "progress", "history", "metrics")
 IMPORT_JSON = ("failures", "labels")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # model versions named in DDL
 COUNT_EVERY_S = 30.0  # how often a growing version's count is checked against the threshold
-EF_SEARCH_MIN = 40
+# memory for an HNSW build (its session only): a graph that does not fit is built far slower
+# (1M 128-d vectors need about 1 GB)
+HNSW_BUILD_MEMORY = "1GB"
 
 
 def _item(row: dict[str, Any]) -> ItemRecord:
@@ -166,12 +168,18 @@ class PgvectorIndex:
     ``hnsw`` once the version's HNSW index exists, else ``exact``."""
 
     def __init__(
-        self, db: PostgresDatabase, version: str, dim: int, kind: Literal["exact", "hnsw"]
+        self,
+        db: PostgresDatabase,
+        version: str,
+        dim: int,
+        kind: Literal["exact", "hnsw"],
+        ef_search: int = 100,
     ) -> None:
         self.db = db
         self._version = version
         self.dim = dim
         self._kind = kind
+        self.ef_search = ef_search  # HNSW candidates per query (at least 2k are kept)
         self.counted_at = time.monotonic()
 
     @property
@@ -589,7 +597,7 @@ class PostgresDatabase:
     ) -> tuple[int, Iterator[VectorPage]]:
         """Count and pages from one snapshot: a read-only REPEATABLE READ transaction on a
         connection of their own, closed when the iterator ends or is closed."""
-        conn = self._connect()
+        conn = self._connect(autocommit=True)  # BEGIN below opens the one transaction
         register_vector(conn)
         join = "FROM vectors v JOIN items i ON i.id = v.item_id WHERE v.model_version = %s"
         try:
@@ -634,10 +642,10 @@ class PostgresDatabase:
         if not VERSION_PATTERN.fullmatch(version):
             raise ValueError(f"unusable model version name {version!r}")
         if self._has_hnsw(version):
-            return PgvectorIndex(self, version, dim, "hnsw")
+            return PgvectorIndex(self, version, dim, "hnsw", policy.ef_search)
         if policy.kind_for(self.count_vectors(version)) == "ivf":
             self._create_hnsw(version, dim)
-            return PgvectorIndex(self, version, dim, "hnsw")
+            return PgvectorIndex(self, version, dim, "hnsw", policy.ef_search)
         return PgvectorIndex(self, version, dim, "exact")
 
     def refit_index(self, index: Index, policy: IndexPolicy) -> PgvectorIndex | None:
@@ -650,7 +658,7 @@ class PostgresDatabase:
         index.counted_at = time.monotonic()
         version = index.version
         if self._has_hnsw(version):
-            return PgvectorIndex(self, version, index.dim, "hnsw")
+            return PgvectorIndex(self, version, index.dim, "hnsw", policy.ef_search)
         if policy.kind_for(len(index)) == "ivf":
             with self._hnsw_lock:
                 if version in self._building:
@@ -676,6 +684,9 @@ class PostgresDatabase:
         started = time.perf_counter()
         try:
             with self._connect(autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(HNSW_BUILD_MEMORY))
+                )
                 conn.execute(
                     sql.SQL(
                         "CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON vectors USING hnsw "
@@ -747,11 +758,12 @@ class PostgresDatabase:
     def _search_settings(
         conn: psycopg.Connection[dict[str, Any]], index: PgvectorIndex, k: int
     ) -> None:
-        """For an HNSW search: a candidate list of at least ``2k``, and an iterative scan
-        that goes on past filtered-out rows until ``k`` match, in exact distance order."""
+        """For an HNSW search: a candidate list of ``ef_search`` (at least ``2k``), and an
+        iterative scan that goes on past filtered-out rows until ``k`` match, in exact
+        distance order."""
         if index.kind != "hnsw":
             return
-        ef_search = max(EF_SEARCH_MIN, min(1000, 2 * k))
+        ef_search = min(1000, max(index.ef_search, 2 * k))
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(ef_search)))
         conn.execute("SET LOCAL hnsw.iterative_scan = strict_order")
 

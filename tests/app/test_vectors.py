@@ -64,7 +64,9 @@ def test_the_export_reads_one_snapshot(client: TestClient) -> None:
     rows, so a .npy file's header always matches its body."""
     ids = add(client, "cat", 0, 6)
     services = client.app.state.services  # type: ignore[attr-defined]
-    _, _, total, pages = services.catalog.export_vectors(None)
+    snapshot = services.runtime.snapshot
+    # pages of 2, so that pages are read after the changes
+    total, pages = services.db.export_vectors(snapshot.version, snapshot.embedder.dim, page=2)
     first = next(pages)  # the export has started reading
     assert client.delete(f"/items/{ids[-1]}").status_code == 204
     add(client, "bird", 0, 3)
