@@ -78,7 +78,10 @@ def main() -> None:
                 env = {"EMBED_DATABASE_URL": database_url} if database_url else {}
                 data = folder / name.replace(" ", "_").replace(",", "")
                 port = free_port()
-                process = start_server(data, port, env=env, log_level="warning", args=serve_args)
+                log = folder / f"{data.name}.log"
+                process = start_server(
+                    data, port, env=env, log=log, log_level="warning", args=serve_args
+                )
                 url = f"http://127.0.0.1:{port}"
                 try:
                     if round_ == 0:
