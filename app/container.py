@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -85,9 +86,20 @@ class Services:
         log.info("inference backend: %s", backend)
         if self.db.shared:  # other workers may activate a model: follow them
             self.models.follow(self.settings.model_poll_s)
-        if self.settings.seed_dir is not None and self.catalog.count() == 0:
-            added = seed_gallery(self.catalog, self.runtime, self.settings.seed_dir)
-            log.info("seeded the empty store with %d images from %s", added, self.settings.seed_dir)
+        if self.settings.seed_dir is not None:
+            self._seed(self.settings.seed_dir)
+
+    def _seed(self, seed_dir: Path) -> None:
+        """Seeds an empty store; of workers starting together, the one that claims it."""
+        claim = self.db.claim("seed")
+        if claim is None:
+            return
+        try:
+            if self.catalog.count() == 0:
+                added = seed_gallery(self.catalog, self.runtime, seed_dir)
+                log.info("seeded the empty store with %d images from %s", added, seed_dir)
+        finally:
+            claim.release()
 
     def stop(self) -> None:
         self.models.stop_following()

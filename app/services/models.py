@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -80,10 +81,23 @@ class ModelService:
             raise BadRequest(f"not a usable model: {exc}") from exc
         target = self.models_dir / card.version
         if not target.exists():
-            staging = self.models_dir / f".{card.version}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(model_dir, staging, ignore=shutil.ignore_patterns("training_state"))
-            staging.replace(target)
+            # a staging folder of this process's own: workers starting together on shared
+            # storage may copy the same model at once; the first rename wins
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{card.version}.", dir=self.models_dir))
+            try:
+                shutil.copytree(
+                    model_dir,
+                    staging,
+                    ignore=shutil.ignore_patterns("training_state"),
+                    dirs_exist_ok=True,
+                )
+                staging.replace(target)
+            except OSError:
+                if not target.is_dir():  # not another worker's copy: a real failure
+                    raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         self.db.add_model(card.version, str(target), card.to_dict(), source)
         return card
 

@@ -218,3 +218,26 @@ def test_a_retried_activation_gets_its_first_answer(client: TestClient, tmp_path
     release.set()
     wait_until_idle(client)
     assert client.get("/model").json()["version"] == second
+
+
+def test_workers_registering_one_model_together_all_succeed(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """Workers starting together on shared storage copy the same model at once."""
+    torch.manual_seed(2)
+    net = EmbeddingNet(ModelConfig(embedding_dim=64, labels=("bird", "cat")))
+    save_model(net, tmp_path / "third", metrics={})
+    services = client.app.state.services  # type: ignore[attr-defined]
+    barrier = threading.Barrier(4)
+
+    def register() -> str:
+        barrier.wait()
+        return str(services.models.register(tmp_path / "third", "test").version)
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda _: register(), range(4)))
+    assert len(set(versions)) == 1
+    models_dir = services.models.models_dir
+    assert sorted(p.name for p in models_dir.iterdir() if p.name.startswith(".")) == []
+    assert (models_dir / versions[0] / "model.safetensors").is_file()
+    assert [m["version"] for m in services.db.models()].count(versions[0]) == 1
