@@ -18,11 +18,19 @@ from app.settings import Settings
 from tests.conftest import CIFAR, DEFAULT_MODEL
 
 # Every API test runs against both stores: the embedded one (SQLite + FAISS) and PostgreSQL
-# with pgvector. Not parametrised here: modules whose tests do not touch the store, and
-# test_filters, whose module-scoped data set is parametrised over STORES itself.
+# with pgvector. Not parametrised here: modules whose tests do not touch the store (or test
+# one store's own code: test_postgres_store), and test_filters, whose module-scoped data set
+# is parametrised over STORES itself.
 STORES = ("sqlite", "postgres")
 NOT_PARAMETRISED = frozenset(
-    {"test_batching", "test_index", "test_training_worker", "test_filters", "test_postgres_store"}
+    {
+        "test_batching",
+        "test_index",
+        "test_training_worker",
+        "test_filters",
+        "test_postgres_store",
+        "test_settings",
+    }
 )
 _database_url: dict[str, str | None] = {"current": None}
 
