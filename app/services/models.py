@@ -175,20 +175,21 @@ class ModelService:
         self._stop_following.set()
 
     def _follow_once(self) -> None:
-        """Under the activation lock (skipped while this worker activates a model), so that
-        the version read and the swap cannot straddle an activation of this worker's."""
-        if not self._activation_lock.acquire(blocking=False):
+        """Loads the active model if it is not this worker's, then swaps it in under the
+        write lock after reading the active version again there: this worker's own
+        activation commits and swaps under that lock, so the follower can never swap an
+        older model back in over it."""
+        active = self.db.get_state("active_model")
+        if active is None or active == self.runtime.snapshot.version:
             return
-        try:
-            active = self.db.get_state("active_model")
-            if active is None or active == self.runtime.snapshot.version:
+        embedder, card = self._load(active)
+        index = self.db.build_index(active, embedder.dim, self.runtime.index_policy)
+        with self.catalog.write_lock:
+            if self.db.get_state("active_model") != active:
+                return  # changed meanwhile: the next round follows
+            if self.runtime.snapshot.version == active:
                 return
-            embedder, card = self._load(active)
-            index = self.db.build_index(active, embedder.dim, self.runtime.index_policy)
-            with self.catalog.write_lock:
-                self.runtime.swap(Snapshot(active, card, embedder, index))
-        finally:
-            self._activation_lock.release()
+            self.runtime.swap(Snapshot(active, card, embedder, index))
         log.info("switched to model %s, activated by another worker", active)
 
     def save_index(self) -> None:

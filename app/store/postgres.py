@@ -17,6 +17,7 @@ so that workers starting together migrate once. A server that cannot be reached 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -310,7 +311,15 @@ class PostgresDatabase:
         if not (row and row[0]):
             conn.close()
             return None
-        return Claim(name, conn.close)
+
+        def release() -> None:
+            # unlocked before closing: a closed session's locks go only when its server
+            # process has exited, which a claim right after this one could still see
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 1))", (name,))
+            conn.close()
+
+        return Claim(name, release)
 
     def claimed(self, name: str) -> bool:
         """Whether any process holds ``name`` (this one included)."""
