@@ -27,6 +27,9 @@ from app.store.filters import ItemFilter
 from app.store.index import Index, IndexPolicy
 
 KEEP_IDEMPOTENCY_KEYS = timedelta(hours=24)
+# the columns of jobs and imports that hold JSON, encoded by every store's updates
+JOB_JSON = ("request", "progress", "history", "metrics")
+IMPORT_JSON = ("failures", "labels")
 
 # ids, external ids, labels, vectors
 VectorPage = tuple[np.ndarray, list[str | None], list[str | None], np.ndarray]

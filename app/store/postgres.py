@@ -38,6 +38,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.store.database import (
+    IMPORT_JSON,
+    JOB_JSON,
     AlreadyDone,
     Claim,
     DatabaseUnavailable,
@@ -126,8 +128,6 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
-JOB_JSON = ("request", "progress", "history", "metrics")
-IMPORT_JSON = ("failures", "labels")
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # model versions named in DDL
 COUNT_EVERY_S = 30.0  # how often a growing version's count is checked against the threshold
 # memory for an HNSW build (its session only): a graph that does not fit is built far slower

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from app.store.database import (
+    IMPORT_JSON,
+    JOB_JSON,
     AlreadyDone,
     Claim,
     ExternalIdTaken,
@@ -591,15 +593,20 @@ class SqliteDatabase:
                 (job_id, json.dumps(request), stamp, stamp),
             )
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
+    def _update(self, table: str, key: str, json_columns: Sequence[str], **fields: Any) -> None:
+        """Sets ``fields`` of one row (JSON-encoding ``json_columns``) and its update time;
+        table and column names come from this module's callers, never from a request."""
         encoded = {
-            key: json.dumps(value) if key in ("progress", "history", "metrics") else value
-            for key, value in fields.items()
+            column: json.dumps(value) if column in json_columns else value
+            for column, value in fields.items()
         }
         encoded["updated_at"] = now()
-        assignments = ", ".join(f"{key} = ?" for key in encoded)
+        assignments = ", ".join(f"{column} = ?" for column in encoded)
         with self.transaction() as conn:
-            conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", [*encoded.values(), job_id])
+            conn.execute(f"UPDATE {table} SET {assignments} WHERE id = ?", [*encoded.values(), key])
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        self._update("jobs", job_id, JOB_JSON, **fields)
 
     def delete_job(self, job_id: str) -> None:
         """Forgets a job; later updates of it (by its monitor, as it stops) change nothing."""
@@ -640,16 +647,7 @@ class SqliteDatabase:
             )
 
     def update_import(self, import_id: str, **fields: Any) -> None:
-        encoded = {
-            key: json.dumps(value) if key in ("failures", "labels") else value
-            for key, value in fields.items()
-        }
-        encoded["updated_at"] = now()
-        assignments = ", ".join(f"{key} = ?" for key in encoded)
-        with self.transaction() as conn:
-            conn.execute(
-                f"UPDATE imports SET {assignments} WHERE id = ?", [*encoded.values(), import_id]
-            )
+        self._update("imports", import_id, IMPORT_JSON, **fields)
 
     def imports(self, import_id: str | None = None) -> list[dict[str, Any]]:
         if import_id is None:
