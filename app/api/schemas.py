@@ -220,16 +220,24 @@ Filter = Annotated[
 
 
 class Filtered(Strict):
+    """A request that restricts the items it works on, by ``filter`` and by ``label``."""
+
     filter: SkipJsonSchema[None] | Filter = Field(default=None, json_schema_extra=_without_default)
+    label: str | None = Field(
+        default=None, max_length=LABEL_MAX, description="only items with this label"
+    )
+
+    def item_filter(self) -> ItemFilter | None:
+        """Both restrictions as the store's filter; None when the request has neither."""
+        return ItemFilter.combine(
+            self.label, ItemFilter.parse(self.filter) if self.filter else None
+        )
 
 
 class SearchOptions(Filtered):
     """The options of a search (in multipart, fields beside the files; 'filter' as JSON)."""
 
     k: int = Field(default=10, ge=1, le=1000)
-    label: str | None = Field(
-        default=None, max_length=LABEL_MAX, description="only items with this label"
-    )
 
 
 class ImageData(JsonBody):
@@ -406,7 +414,6 @@ class ClusterRequest(Filtered, JsonBody):
     k: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default=2, description="number of clusters (at most EMBED_MAX_K), or 'auto'"
     )
-    label: str | None = Field(default=None, max_length=LABEL_MAX)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     projection: bool = Field(default=False, description="also return 2-D PCA coordinates")
     limit: int = Field(

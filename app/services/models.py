@@ -41,6 +41,7 @@ REEMBED_BATCH = 128
 ACTIVATION_ATTEMPTS = 10  # rounds of embedding what other workers added during an activation
 ACTIVATION = "activation"  # the claim an activation holds
 MAX_REPORTED_IDS = 100  # ids listed in an activation result; the count is always exact
+STALE_STAGING_S = 3600.0  # a model copy takes seconds: a staging folder this old was orphaned
 
 
 class ModelService:
@@ -135,6 +136,7 @@ class ModelService:
 
     def start(self, default_model_dir: Path) -> None:
         """Registers the configured model, loads the active one and its index."""
+        self._sweep_staging()
         default_card = self.register(default_model_dir, "default")
         active = self.db.get_state("active_model")
         if active is None or self.db.model(active) is None:
@@ -151,6 +153,17 @@ class ModelService:
         policy = self.runtime.index_policy
         index = self.db.open_index(active, embedder.dim, policy, self.index_dir)
         self.runtime.swap(Snapshot(active, card, embedder, index))
+
+    def _sweep_staging(self) -> None:
+        """Removes the staging folders (``.<version>.<random>``) of model copies that a crash
+        interrupted. A recent one may be another worker's copy in progress, so it stays."""
+        if not self.models_dir.is_dir():
+            return
+        cutoff = time.time() - STALE_STAGING_S
+        for path in self.models_dir.glob(".*.*"):
+            if path.is_dir() and path.stat().st_mtime < cutoff:
+                log.info("removing %s, left by an interrupted model copy", path)
+                shutil.rmtree(path, ignore_errors=True)
 
     def follow(self, interval_s: float) -> threading.Thread:
         """Switches this worker to the model that another worker activated, checking the

@@ -1,3 +1,4 @@
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -241,3 +242,19 @@ def test_workers_registering_one_model_together_all_succeed(
     assert sorted(p.name for p in models_dir.iterdir() if p.name.startswith(".")) == []
     assert (models_dir / versions[0] / "model.safetensors").is_file()
     assert [m["version"] for m in services.db.models()].count(versions[0]) == 1
+
+
+def test_start_up_removes_staging_folders_a_crash_left(tmp_path: Path) -> None:
+    """A model copy killed half-way leaves its staging folder; only old ones are swept,
+    since a recent one may be another worker's copy in progress."""
+    models_dir = tmp_path / "data" / "models"
+    orphan, in_progress = models_dir / ".v1.crashed", models_dir / ".v1.copying"
+    for folder in (orphan, in_progress):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"half a copy")
+    two_hours_ago = time.time() - 7200
+    os.utime(orphan, (two_hours_ago, two_hours_ago))
+    with TestClient(create_app(make_settings(tmp_path / "data"))) as client:
+        assert client.get("/model").status_code == 200
+    assert not orphan.exists()
+    assert (in_progress / "model.safetensors").read_bytes() == b"half a copy"

@@ -9,7 +9,6 @@ from app.api.bodies import validation_error
 from app.api.deps import ServicesDep
 from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import ClusterRequest, ClusterResponse
-from app.store.filters import ItemFilter
 
 router = APIRouter(tags=["cluster"])
 
@@ -23,10 +22,12 @@ router = APIRouter(tags=["cluster"])
 async def cluster(body: ClusterRequest, services: ServicesDep) -> ClusterResponse:
     if isinstance(body.k, int) and body.k > services.settings.max_k:
         raise validation_error(("body", "k"), f"k must be at most {services.settings.max_k}")
-    item_filter = ItemFilter.combine(
-        body.label, ItemFilter.parse(body.filter) if body.filter else None
-    )
     result = await run_in_threadpool(
-        services.catalog.cluster, body.k, item_filter, body.seed, body.projection, body.limit
+        services.catalog.cluster,
+        body.k,
+        body.item_filter(),
+        body.seed,
+        body.projection,
+        body.limit,
     )
     return ClusterResponse.model_validate(result)

@@ -36,7 +36,6 @@ from app.api.uploads import display_name, form_files, json_files
 from app.container import Services
 from app.errors import BadRequest, UnsupportedMedia
 from app.services.catalog import Query, SearchResult
-from app.store.filters import ItemFilter
 
 router = APIRouter(tags=["search"])
 
@@ -110,9 +109,7 @@ async def search(request: Request, services: ServicesDep) -> SearchResponse | Ba
         options = query
     else:
         raise UnsupportedMedia("send multipart/form-data with a 'file' or 'files', or JSON")
-    item_filter = ItemFilter.combine(
-        options.label, ItemFilter.parse(options.filter) if options.filter else None
-    )
+    item_filter = options.item_filter()
 
     def work() -> list[SearchResult]:
         uploads = iter(services.runtime.decode(raw))
