@@ -1,4 +1,6 @@
-"""Retrieval and clustering quality of embeddings: precision@1, MAP@R, purity, NMI, ARI.
+"""Retrieval and clustering quality of embeddings: precision@1, MAP@R, purity, NMI, ARI,
+silhouette. (Written on NumPy: the service computes them on every /cluster, and
+scikit-learn with SciPy would add about 180 MB to its install for three formulas.)
 
 Embeddings are L2-normalised, so inner product ranks like Euclidean distance.
 """
@@ -9,7 +11,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
 
 def _ranked(queries: np.ndarray, gallery: np.ndarray, exclude_self: bool, depth: int) -> np.ndarray:
@@ -63,6 +64,57 @@ def purity(labels: Sequence[object], clusters: Sequence[int]) -> float:
     return sum(c.most_common(1)[0][1] for c in by_cluster.values()) / max(total, 1)
 
 
+def _contingency(labels: Sequence[object], clusters: Sequence[int]) -> np.ndarray:
+    """Counts of items per (label, cluster) pair, a row per label and a column per cluster."""
+    _, label_codes = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
+    _, cluster_codes = np.unique(np.asarray(clusters), return_inverse=True)
+    table = np.zeros((label_codes.max() + 1, cluster_codes.max() + 1), dtype=np.int64)
+    np.add.at(table, (label_codes, cluster_codes), 1)
+    return table
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def normalized_mutual_information(labels: Sequence[object], clusters: Sequence[int]) -> float:
+    """Mutual information over the mean of the two entropies (the arithmetic NMI). 1.0 when
+    neither side splits the items (a perfect match), 0.0 when either side alone does."""
+    table = _contingency(labels, clusters)
+    if table.shape == (1, 1):
+        return 1.0
+    joint = table / table.sum()
+    outer = joint.sum(axis=1, keepdims=True) @ joint.sum(axis=0, keepdims=True)
+    nonzero = joint > 0
+    mutual = float((joint[nonzero] * np.log(joint[nonzero] / outer[nonzero])).sum())
+    if mutual <= np.finfo(np.float64).eps:
+        return 0.0
+    mean_entropy = (_entropy(table.sum(axis=1)) + _entropy(table.sum(axis=0))) / 2
+    return mutual / mean_entropy
+
+
+def adjusted_rand_index(labels: Sequence[object], clusters: Sequence[int]) -> float:
+    """Rand index corrected for chance (Hubert & Arabie), from the counts of item pairs that
+    the labels and the clusters put together or apart: 1.0 for the same partition, about 0
+    for an unrelated one."""
+    table = _contingency(labels, clusters)
+    n = int(table.sum())
+    together_both = int((table * (table - 1)).sum()) // 2
+    together_labels = int((table.sum(axis=1) * (table.sum(axis=1) - 1)).sum()) // 2
+    together_clusters = int((table.sum(axis=0) * (table.sum(axis=0) - 1)).sum()) // 2
+    only_labels = together_labels - together_both
+    only_clusters = together_clusters - together_both
+    apart_both = n * (n - 1) // 2 - together_both - only_labels - only_clusters
+    if only_labels == 0 and only_clusters == 0:
+        return 1.0
+    numerator = 2 * (together_both * apart_both - only_labels * only_clusters)
+    denominator = (together_both + only_labels) * (only_labels + apart_both) + (
+        together_both + only_clusters
+    ) * (only_clusters + apart_both)
+    return float(numerator / denominator)
+
+
 def clustering_metrics(
     labels: Sequence[object], clusters: Sequence[int], vectors: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -71,8 +123,8 @@ def clustering_metrics(
     cluster_list = [int(c) for c in clusters]
     result = {
         "purity": purity(label_list, cluster_list),
-        "nmi": float(normalized_mutual_info_score(label_list, cluster_list)),
-        "ari": float(adjusted_rand_score(label_list, cluster_list)),
+        "nmi": normalized_mutual_information(label_list, cluster_list),
+        "ari": adjusted_rand_index(label_list, cluster_list),
     }
     if vectors is not None:
         result["silhouette"] = silhouette(vectors, cluster_list)
@@ -80,11 +132,31 @@ def clustering_metrics(
 
 
 def silhouette(vectors: np.ndarray, clusters: Sequence[int], sample: int = 2000) -> float:
-    """Cosine silhouette on up to ``sample`` items (seeded); 0.0 when it is undefined."""
-    n_clusters = len(set(clusters))
-    if n_clusters < 2 or n_clusters >= len(clusters):
+    """Mean cosine silhouette of up to ``sample`` items (a seeded draw); 0.0 when it is
+    undefined (one cluster, or every item its own).
+
+    An item's silhouette is ``(b - a) / max(a, b)``, with ``a`` its mean cosine distance to
+    the other items of its cluster and ``b`` the lowest mean distance to another cluster's
+    items; an item alone in its cluster scores 0.
+    """
+    assignments = np.asarray(clusters)
+    n_clusters = len(np.unique(assignments))
+    if n_clusters < 2 or n_clusters >= len(assignments):
         return 0.0
-    size = min(sample, len(clusters))
-    return float(
-        silhouette_score(vectors, list(clusters), metric="cosine", sample_size=size, random_state=0)
-    )
+    chosen = np.random.RandomState(0).permutation(len(assignments))[: min(sample, len(assignments))]
+    x = np.asarray(vectors)[chosen].astype(np.float64)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    distances = np.clip(1.0 - x @ x.T, 0.0, 2.0)
+    np.fill_diagonal(distances, 0.0)
+    _, codes = np.unique(assignments[chosen], return_inverse=True)
+    members = np.eye(codes.max() + 1)[codes]  # one-hot: items x clusters
+    sizes = members.sum(axis=0)
+    mean_to = (distances @ members) / sizes  # each item's mean distance to each cluster
+    own_size = sizes[codes]
+    a = (distances @ members)[np.arange(len(codes)), codes] / np.maximum(own_size - 1, 1)
+    mean_to[np.arange(len(codes)), codes] = np.inf
+    b = mean_to.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = np.nan_to_num((b - a) / np.maximum(a, b))
+    scores[own_size == 1] = 0.0
+    return float(scores.mean())

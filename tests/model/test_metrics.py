@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from model.clustering import auto_kmeans, kmeans
-from model.metrics import clustering_metrics, purity, retrieval_metrics
+from model.metrics import (
+    adjusted_rand_index,
+    clustering_metrics,
+    normalized_mutual_information,
+    purity,
+    retrieval_metrics,
+    silhouette,
+)
 
 
 def separated(n_per_class: int = 20, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -61,3 +68,42 @@ def test_kmeans_rejects_bad_k() -> None:
         kmeans(vectors, 0)
     with pytest.raises(ValueError):
         kmeans(vectors, 100)
+
+
+def test_nmi_hand_computed() -> None:
+    # joint p: (a,0) 1/2, (b,0) 1/4, (b,1) 1/4; marginals a,b 1/2 each, clusters 3/4, 1/4
+    # MI = 1/2 ln(4/3) + 1/4 ln(2/3) + 1/4 ln 2 = 0.215762
+    # H(labels) = ln 2 = 0.693147, H(clusters) = 0.562335, NMI = MI / mean = 0.343712
+    labels, clusters = ["a", "a", "b", "b"], [0, 0, 0, 1]
+    assert normalized_mutual_information(labels, clusters) == pytest.approx(0.343712, abs=1e-6)
+    assert normalized_mutual_information(labels, [5, 5, 7, 7]) == pytest.approx(1.0)
+    assert normalized_mutual_information(labels, [0, 1, 0, 1]) == 0.0
+    assert normalized_mutual_information(["a"] * 3, [0, 0, 0]) == 1.0  # nothing split
+
+
+def test_ari_hand_computed() -> None:
+    # 6 pairs: together in both 1, only in the labels 1, only in the clusters 0, apart 4
+    # ARI = 2 (1*4 - 1*0) / ((1+1)(1+4) + (1+0)(0+4)) = 8 / 14
+    assert adjusted_rand_index(["a", "a", "b", "b"], [0, 0, 1, 2]) == pytest.approx(8 / 14)
+    assert adjusted_rand_index(["a", "a", "b", "b"], [1, 1, 0, 0]) == 1.0
+    # together in both 1, only labels 1, only clusters 2, apart 2: 2 (1*2 - 1*2) = 0
+    assert adjusted_rand_index(["a", "a", "b", "b"], [0, 0, 0, 1]) == 0.0
+
+
+def test_silhouette_hand_computed() -> None:
+    # cosine distances: d(p1,p2) = 0.4, d(p1,p3) = 1, d(p2,p3) = 0.2; p3 is alone (0)
+    # p1: a = 0.4, b = 1 -> 0.6; p2: a = 0.4, b = 0.2 -> -0.5; mean 0.1 / 3
+    points = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)
+    assert silhouette(points, [0, 0, 1]) == pytest.approx(0.1 / 3, abs=1e-6)
+    assert silhouette(points * 5, [0, 0, 1]) == pytest.approx(0.1 / 3, abs=1e-6)  # cosine
+    assert silhouette(points, [0, 0, 0]) == 0.0 and silhouette(points, [0, 1, 2]) == 0.0
+
+
+def test_silhouette_of_a_sample_is_seeded() -> None:
+    vectors, labels = separated(n_per_class=50)
+    clusters = [ord(label) for label in labels]
+    full = silhouette(vectors, clusters)
+    assert full > 0.8
+    sampled = silhouette(vectors, clusters, sample=40)
+    assert sampled == silhouette(vectors, clusters, sample=40) and sampled != full
+    assert sampled == pytest.approx(full, abs=0.1)
