@@ -84,14 +84,19 @@ def test_sigkill_during_activation_leaves_the_old_model(
     server_process: Callable[..., ServerProcess],
 ) -> None:
     server = server_process()
-    with server.client(timeout=120) as client:
+
+    def add_items(client: httpx.Client, start: int, stop: int) -> None:
         for label in ("cat", "bird"):
-            paths = sorted((CIFAR / label).iterdir())[:1000]
-            for start_at in range(0, 1000, 50):
+            paths = sorted((CIFAR / label).iterdir())[start:stop]
+            for start_at in range(0, len(paths), 50):
                 chunk = paths[start_at : start_at + 50]
                 files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in chunk]
                 response = client.post("/items", files=files, data={"labels": label})
                 assert response.status_code == 201
+
+    with server.client(timeout=120) as client:
+        # a second model, trained on the first 200 items; the activation re-embeds all 2,000
+        add_items(client, 0, 100)
         old = client.get("/model").json()["version"]
         job = client.post("/train", json={"epochs": 1, "activate": "never"}).json()
         deadline = time.monotonic() + 300
@@ -100,6 +105,7 @@ def test_sigkill_during_activation_leaves_the_old_model(
             time.sleep(0.5)
         assert status["status"] == "succeeded", status["error"]
         new = status["model_version"]
+        add_items(client, 100, 1000)
         assert client.post(f"/models/{new}/activate").status_code == 202
         while True:  # kill once some items, but not all, have their new vectors
             models = client.get("/models").json()
