@@ -57,11 +57,11 @@ def retrieval_metrics(
 
 def purity(labels: Sequence[object], clusters: Sequence[int]) -> float:
     """Share of items whose cluster's majority label is their own."""
-    by_cluster: dict[int, Counter[object]] = {}
-    for label, cluster in zip(labels, clusters, strict=True):
-        by_cluster.setdefault(int(cluster), Counter())[label] += 1
-    total = sum(sum(c.values()) for c in by_cluster.values())
-    return sum(c.most_common(1)[0][1] for c in by_cluster.values()) / max(total, 1)
+    return _purity(_contingency(labels, clusters))
+
+
+def _purity(table: np.ndarray) -> float:
+    return float(table.max(axis=0).sum() / max(int(table.sum()), 1))
 
 
 def _contingency(labels: Sequence[object], clusters: Sequence[int]) -> np.ndarray:
@@ -81,7 +81,10 @@ def _entropy(counts: np.ndarray) -> float:
 def normalized_mutual_information(labels: Sequence[object], clusters: Sequence[int]) -> float:
     """Mutual information over the mean of the two entropies (the arithmetic NMI). 1.0 when
     neither side splits the items (a perfect match), 0.0 when either side alone does."""
-    table = _contingency(labels, clusters)
+    return _normalized_mutual_information(_contingency(labels, clusters))
+
+
+def _normalized_mutual_information(table: np.ndarray) -> float:
     if table.shape == (1, 1):
         return 1.0
     joint = table / table.sum()
@@ -98,7 +101,10 @@ def adjusted_rand_index(labels: Sequence[object], clusters: Sequence[int]) -> fl
     """Rand index corrected for chance (Hubert & Arabie), from the counts of item pairs that
     the labels and the clusters put together or apart: 1.0 for the same partition, about 0
     for an unrelated one."""
-    table = _contingency(labels, clusters)
+    return _adjusted_rand_index(_contingency(labels, clusters))
+
+
+def _adjusted_rand_index(table: np.ndarray) -> float:
     n = int(table.sum())
     together_both = int((table * (table - 1)).sum()) // 2
     together_labels = int((table.sum(axis=1) * (table.sum(axis=1) - 1)).sum()) // 2
@@ -119,15 +125,14 @@ def clustering_metrics(
     labels: Sequence[object], clusters: Sequence[int], vectors: np.ndarray | None = None
 ) -> dict[str, float]:
     """Purity, NMI and ARI against the labels; silhouette (cosine) when vectors are given."""
-    label_list = [str(label) for label in labels]
-    cluster_list = [int(c) for c in clusters]
+    table = _contingency(labels, clusters)
     result = {
-        "purity": purity(label_list, cluster_list),
-        "nmi": normalized_mutual_information(label_list, cluster_list),
-        "ari": adjusted_rand_index(label_list, cluster_list),
+        "purity": _purity(table),
+        "nmi": _normalized_mutual_information(table),
+        "ari": _adjusted_rand_index(table),
     }
     if vectors is not None:
-        result["silhouette"] = silhouette(vectors, cluster_list)
+        result["silhouette"] = silhouette(vectors, clusters)
     return result
 
 
@@ -151,10 +156,11 @@ def silhouette(vectors: np.ndarray, clusters: Sequence[int], sample: int = 2000)
     _, codes = np.unique(assignments[chosen], return_inverse=True)
     members = np.eye(codes.max() + 1)[codes]  # one-hot: items x clusters
     sizes = members.sum(axis=0)
-    mean_to = (distances @ members) / sizes  # each item's mean distance to each cluster
-    own_size = sizes[codes]
-    a = (distances @ members)[np.arange(len(codes)), codes] / np.maximum(own_size - 1, 1)
-    mean_to[np.arange(len(codes)), codes] = np.inf
+    totals = distances @ members  # each item's summed distance to each cluster
+    own_size, own = sizes[codes], (np.arange(len(codes)), codes)
+    a = totals[own] / np.maximum(own_size - 1, 1)
+    mean_to = totals / sizes
+    mean_to[own] = np.inf
     b = mean_to.min(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         scores = np.nan_to_num((b - a) / np.maximum(a, b))
