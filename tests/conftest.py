@@ -76,9 +76,11 @@ def postgres_server() -> Iterator[PostgresForTests]:
 
 
 @pytest.fixture
-def postgres_url(postgres_server: PostgresForTests) -> str:
-    """A fresh database on the session's PostgreSQL server."""
-    return postgres_server.new_database()
+def postgres_url(postgres_server: PostgresForTests) -> Iterator[str]:
+    """A fresh database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
 
 
 @pytest.fixture

@@ -32,6 +32,13 @@ class PostgresForTests:
             conn.execute(f'CREATE DATABASE "{name}"')
         return str(self.server.get_uri(database=name))
 
+    def drop_database(self, url: str) -> None:
+        """Drops the database of ``url`` (made by ``new_database``), ending its connections:
+        a database takes about 8 MB of disk, and a run makes hundreds."""
+        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(self.server.get_uri(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
     def kill(self) -> None:
         """SIGKILL the server and its backends at once, as a crash of its machine would."""
         pid = int(self.server.get_pid())
