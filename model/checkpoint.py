@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import ModelConfig
@@ -163,9 +164,10 @@ def load_model(model_dir: Path, verify: bool = True) -> tuple[EmbeddingNet, Mode
         raise CheckpointError(f"no {WEIGHTS_FILE} in {model_dir}")
     if verify and sha256_file(weights) != card.content_hash:
         raise CheckpointError(f"{weights} does not match the hash in its card")
-    net = EmbeddingNet(card.config)
+    with torch.device("meta"):  # no random initialisation: the file supplies every tensor
+        net = EmbeddingNet(card.config)
     try:
-        net.load_state_dict(load_file(str(weights)))
+        net.load_state_dict(load_file(str(weights)), assign=True)
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(f"weights do not fit the card's architecture: {exc}") from exc
     net.eval()

@@ -13,6 +13,7 @@ def test_round_trip_gives_identical_embeddings(tmp_path: Path) -> None:
     net = EmbeddingNet(ModelConfig(embedding_dim=16, labels=("bird", "cat"))).eval()
     card = save_model(net, tmp_path, recipe={"epochs": 1}, metrics={"val_precision_at_1": 0.5})
     loaded, loaded_card = load_model(tmp_path)
+    assert not any(t.is_meta for t in loaded.state_dict().values())  # built on meta, filled
     images = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(images), loaded(images))
