@@ -35,10 +35,13 @@ def test_ivf_recall_on_real_embeddings(real_vectors: np.ndarray) -> None:
     ids = np.arange(1, len(real_vectors) + 1)
     queries, gallery, gallery_ids = real_vectors[:200], real_vectors[200:], ids[200:]
     exact = VectorIndex.build("v", gallery_ids, gallery, IndexPolicy(kind="flat"))
-    approx = VectorIndex.build("v", gallery_ids, gallery, IndexPolicy(kind="ivf", nprobe=16))
+    approx = VectorIndex.build("v", gallery_ids, gallery, IndexPolicy(kind="ivf"))
     assert approx.kind == "ivf" and exact.kind == "flat"
+    assert approx.nprobe == 32  # the service's default, which this test is about
     recall = recall_at_10(exact, approx, queries)
-    print(f"IVF recall@10 on real embeddings: {recall:.3f}")
+    print(f"IVF recall@10 on real embeddings at nprobe {approx.nprobe}: {recall:.3f}")
+    # 1.000 here; 16 of the 71 lists gave 0.966, too near 0.95 to hold where FAISS's k-means
+    # rounds differently (another CPU's SIMD)
     assert recall >= 0.95
 
 

@@ -8,11 +8,12 @@ be only digits)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
-from pydantic import Field, TypeAdapter
+from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import (
@@ -31,7 +32,7 @@ from app.api.responses import UPLOAD_ERRORS, errors
 from app.api.schemas import (
     MAX_ID,
     ExternalId,
-    Filter,
+    Filtered,
     Item,
     ItemList,
     ItemsCreated,
@@ -166,22 +167,20 @@ async def add_items(
     )
 
 
-FILTER_ADAPTER: TypeAdapter[dict[str, Any]] = TypeAdapter(Filter)
-
-
 def parse_filter(raw: str | None, label: str | None) -> ItemFilter | None:
-    """The ``filter`` query parameter (a JSON object, see ``Filter``) with ``label``."""
-    if raw is None or raw == "":
-        return ItemFilter.combine(label, None)
+    """The ``filter`` query parameter (a JSON object, as in a search body) with ``label``."""
+    value = None
+    if raw:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise validation_error(("query", "filter"), f"not valid JSON: {exc.msg}") from exc
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise validation_error(("query", "filter"), f"not valid JSON: {exc.msg}") from exc
-    try:
-        checked = FILTER_ADAPTER.validate_python(value, strict=True)
-    except ValueError as exc:
-        raise validation_error(("query", "filter"), str(exc).splitlines()[-2].strip()) from exc
-    return ItemFilter.combine(label, ItemFilter.parse(checked))
+        query = Filtered.model_validate({"filter": value, "label": label}, strict=True)
+    except ValidationError as exc:
+        located = [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(located) from exc
+    return query.item_filter()
 
 
 @router.get("", response_model=ItemList, summary="List items", responses=errors(422))
