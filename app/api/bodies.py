@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +25,17 @@ def validate(model: type[Model], data: Any) -> Model:
         raise RequestValidationError(exc.errors()) from exc
 
 
+def _refuse_constant(constant: str) -> NoReturn:
+    raise json.JSONDecodeError(f"{constant} is not a JSON value", constant, 0)
+
+
+def strict_json(raw: str | bytes) -> Any:
+    """Parses JSON as RFC 8259 defines it. Python's parser also reads ``NaN`` and
+    ``Infinity``, which no JSON answer can carry back: stored, they would break every later
+    listing, and a 422 that quotes them could not be written."""
+    return json.loads(raw, parse_constant=_refuse_constant)
+
+
 def validation_error(location: tuple[str | int, ...], message: str) -> RequestValidationError:
     """A 422 like FastAPI's own, for a limit only known at run time (a setting, the active
     model's dimension) that the OpenAPI document states as well."""
@@ -38,7 +49,7 @@ async def json_object(request: Request) -> dict[str, Any]:
     images run to megabytes)."""
     raw = await request.body()
     try:
-        body = await run_in_threadpool(json.loads, raw) if raw else None
+        body = await run_in_threadpool(strict_json, raw) if raw else None
     except ValueError as exc:
         raise BadRequest("request body is not valid JSON") from exc
     if not isinstance(body, dict):
@@ -116,7 +127,7 @@ def metadata_objects(raw: str | None, count: int) -> list[dict[str, Any]]:
     if len(raw.encode()) > MAX_METADATA_BYTES:
         raise BadRequest(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     try:
-        value = json.loads(raw)
+        value = strict_json(raw)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"metadata is not valid JSON: {exc.msg}") from exc
     if isinstance(value, dict):

@@ -77,3 +77,19 @@ def test_too_many_fields(client: TestClient) -> None:
     )
     assert response.status_code == 400
     assert item_count(client) == 0
+
+
+def test_nan_and_infinity_are_not_json(client: TestClient) -> None:
+    """Python's JSON parser reads them; the service refuses them wherever it parses JSON, so
+    none is stored (it would break every later listing) or quoted back in a 422."""
+    json_body = {"content-type": "application/json"}
+    for body in (b'{"id": 1, "k": Infinity}', b'{"vector": [NaN], "k": 3}'):
+        response = client.post("/search", content=body, headers=json_body)
+        assert response.status_code == 400, response.text
+    for text in ("Infinity", '{"metadata.x": NaN}', '{"label": -Infinity}'):
+        response = client.get("/items", params={"filter": text})
+        assert response.status_code == 422 and "not a JSON value" in response.text
+    upload = [("files", ("a.png", image_bytes(), "image/png"))]
+    response = client.post("/items", files=upload, data={"metadata": '{"x": NaN}'})
+    assert response.status_code == 400 and "NaN is not a JSON value" in response.text
+    assert item_count(client) == 0

@@ -23,6 +23,7 @@ from app.api.bodies import (
     metadata_objects,
     multipart_or_json,
     single_fields,
+    strict_json,
     validate,
     validation_error,
 )
@@ -172,7 +173,7 @@ def parse_filter(raw: str | None, label: str | None) -> ItemFilter | None:
     value = None
     if raw:
         try:
-            value = json.loads(raw)
+            value = strict_json(raw)
         except json.JSONDecodeError as exc:
             raise validation_error(("query", "filter"), f"not valid JSON: {exc.msg}") from exc
     try:

@@ -16,6 +16,7 @@ from app.api.bodies import (
     json_object,
     multipart_or_json,
     single_fields,
+    strict_json,
     validate,
     validation_error,
 )
@@ -141,7 +142,7 @@ def _form_options(fields: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in fields.items() if v != ""}
     if isinstance(options.get("filter"), str):
         try:
-            options["filter"] = json.loads(options["filter"])
+            options["filter"] = strict_json(options["filter"])
         except json.JSONDecodeError as exc:
             raise validation_error(("body", "filter"), f"not valid JSON: {exc.msg}") from exc
     return options

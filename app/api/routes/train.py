@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.bodies import json_object, single_fields, validate
+from app.api.bodies import json_object, single_fields, strict_json, validate
 from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import BODY_ERRORS, errors
@@ -72,7 +72,7 @@ async def start_job(
             if not isinstance(raw_params, str):
                 raise BadRequest("'params' must be a JSON text field")
             try:
-                params = json.loads(raw_params)
+                params = strict_json(raw_params)
             except json.JSONDecodeError as exc:
                 raise BadRequest(f"params is not valid JSON: {exc.msg}") from exc
             if not isinstance(params, dict):
