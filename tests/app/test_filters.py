@@ -36,9 +36,10 @@ def catalog(
     """240 CIFAR-10 items of four labels with varied metadata, and every item's label,
     metadata and vector as the service exports them; in each store."""
     data_dir: Path = tmp_path_factory.mktemp("filters") / "data"
-    url = None
+    url = server = None
     if request.param == "postgres":
-        url = request.getfixturevalue("postgres_server").new_database()
+        server = request.getfixturevalue("postgres_server")
+        url = server.new_database()
     with TestClient(create_app(make_settings(data_dir, database_url=url))) as client:
         for label in LABELS:
             for start in range(0, PER_LABEL, 30):
@@ -56,6 +57,8 @@ def catalog(
             "items": {item["id"]: item for item in items},
         }
         yield client, truth
+    if server is not None:
+        server.drop_database(url)
 
 
 def matches(item: dict[str, Any], item_filter: dict[str, Any]) -> bool:

@@ -3,9 +3,11 @@
 import io
 
 import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.api.bodies import StrictJSONRoute
 from tests.app.conftest import item_count
 from tests.conftest import image_bytes
 
@@ -86,6 +88,8 @@ def test_nan_and_infinity_are_not_json(client: TestClient) -> None:
     for body in (b'{"id": 1, "k": Infinity}', b'{"vector": [NaN], "k": 3}'):
         response = client.post("/search", content=body, headers=json_body)
         assert response.status_code == 400, response.text
+    response = client.post("/cluster", content=b'{"k": NaN}', headers=json_body)  # FastAPI's
+    assert response.status_code == 422 and "NaN is not a JSON value" in response.text
     for text in ("Infinity", '{"metadata.x": NaN}', '{"label": -Infinity}'):
         response = client.get("/items", params={"filter": text})
         assert response.status_code == 422 and "not a JSON value" in response.text
@@ -93,3 +97,14 @@ def test_nan_and_infinity_are_not_json(client: TestClient) -> None:
     response = client.post("/items", files=upload, data={"metadata": '{"x": NaN}'})
     assert response.status_code == 400 and "NaN is not a JSON value" in response.text
     assert item_count(client) == 0
+
+
+def test_every_route_parses_json_strictly(client: TestClient) -> None:
+    """A router made without ``route_class=StrictJSONRoute`` would take NaN in its bodies."""
+    routes = [
+        context.original_route
+        for context in iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+        if isinstance(context.original_route, APIRoute)
+    ]
+    assert len(routes) > 20
+    assert all(isinstance(route, StrictJSONRoute) for route in routes)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import validation_error
+from app.api.bodies import StrictJSONRoute, validation_error
 from app.api.deps import ServicesDep
 from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import ClusterRequest, ClusterResponse
 
-router = APIRouter(tags=["cluster"])
+router = APIRouter(tags=["cluster"], route_class=StrictJSONRoute)
 
 
 @router.post(

@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import (
     IMAGE_FILES,
+    StrictJSONRoute,
     json_object,
     multipart_or_json,
     single_fields,
@@ -21,7 +22,7 @@ from app.api.uploads import form_files, json_files
 from app.api.vectors import NPY_MEDIA_TYPE, npy_response, prefers_npy
 from app.errors import UnsupportedMedia
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], route_class=StrictJSONRoute)
 
 OPENAPI_BODY = multipart_or_json(
     {"files": IMAGE_FILES}, {"$ref": "#/components/schemas/EmbedJson"}, required=["files"]

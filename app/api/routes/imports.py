@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import metadata_objects
+from app.api.bodies import StrictJSONRoute, metadata_objects
 from app.api.deps import ServicesDep
 from app.api.responses import BODY_ERRORS, errors
 from app.api.schemas import ImportJob, ImportList
 from app.api.uploads import display_name
 
-router = APIRouter(prefix="/imports", tags=["imports"])
+router = APIRouter(prefix="/imports", tags=["imports"], route_class=StrictJSONRoute)
 
 
 @router.post(

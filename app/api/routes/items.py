@@ -18,14 +18,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import (
     IMAGE_FILES,
+    StrictJSONRoute,
     form_properties,
     json_object,
+    json_text,
     metadata_objects,
     multipart_or_json,
     single_fields,
-    strict_json,
     validate,
-    validation_error,
 )
 from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
@@ -48,7 +48,7 @@ from app.services.catalog import LABEL_MAX
 from app.store.database import IdempotencyKey, ItemRecord
 from app.store.filters import ItemFilter
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(prefix="/items", tags=["items"], route_class=StrictJSONRoute)
 
 IMAGE_TYPES = {
     "jpg": "image/jpeg",
@@ -170,12 +170,7 @@ async def add_items(
 
 def parse_filter(raw: str | None, label: str | None) -> ItemFilter | None:
     """The ``filter`` query parameter (a JSON object, as in a search body) with ``label``."""
-    value = None
-    if raw:
-        try:
-            value = strict_json(raw)
-        except json.JSONDecodeError as exc:
-            raise validation_error(("query", "filter"), f"not valid JSON: {exc.msg}") from exc
+    value = json_text(raw, ("query", "filter")) if raw else None
     try:
         query = Filtered.model_validate({"filter": value, "label": label}, strict=True)
     except ValidationError as exc:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from app.api.bodies import StrictJSONRoute
 from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint
 from app.api.responses import errors
@@ -21,7 +22,7 @@ from app.container import Services
 from app.errors import Replayed
 from app.store.database import IdempotencyKey
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=StrictJSONRoute)
 ACTIVATION = {"$ref": "#/components/schemas/Activation"}
 
 

@@ -3,7 +3,6 @@ answered in order with one forward pass for their images."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,11 +11,12 @@ from starlette.datastructures import UploadFile
 
 from app.api.bodies import (
     IMAGE_FILES,
+    StrictJSONRoute,
     form_properties,
     json_object,
+    json_text,
     multipart_or_json,
     single_fields,
-    strict_json,
     validate,
     validation_error,
 )
@@ -38,7 +38,7 @@ from app.container import Services
 from app.errors import BadRequest, UnsupportedMedia
 from app.services.catalog import Query, SearchResult
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], route_class=StrictJSONRoute)
 
 OPENAPI_BODY = multipart_or_json(
     {
@@ -141,10 +141,7 @@ def _form_options(fields: dict[str, Any]) -> dict[str, Any]:
     """The search options among multipart fields; ``filter`` is JSON text there."""
     options = {k: v for k, v in fields.items() if v != ""}
     if isinstance(options.get("filter"), str):
-        try:
-            options["filter"] = strict_json(options["filter"])
-        except json.JSONDecodeError as exc:
-            raise validation_error(("body", "filter"), f"not valid JSON: {exc.msg}") from exc
+        options["filter"] = json_text(options["filter"], ("body", "filter"))
     return options
 
 

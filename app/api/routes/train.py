@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.api.bodies import json_object, single_fields, strict_json, validate
+from app.api.bodies import StrictJSONRoute, json_object, single_fields, strict_json, validate
 from app.api.deps import ServicesDep
 from app.api.idempotency import IdempotencyKeyHeader, fingerprint, raw_files_digest
 from app.api.responses import BODY_ERRORS, errors
@@ -17,7 +17,7 @@ from app.api.schemas import Job, JobList, TrainRequest
 from app.errors import BadRequest, Conflict, NotFound, Replayed, UnsupportedMedia
 from app.store.database import IdempotencyKey
 
-router = APIRouter(prefix="/train", tags=["training"])
+router = APIRouter(prefix="/train", tags=["training"], route_class=StrictJSONRoute)
 
 OPENAPI_BODY: dict[str, Any] = {
     "requestBody": {

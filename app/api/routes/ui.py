@@ -10,7 +10,9 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-router = APIRouter(tags=["ui"])
+from app.api.bodies import StrictJSONRoute
+
+router = APIRouter(tags=["ui"], route_class=StrictJSONRoute)
 
 PAGE = Path(__file__).resolve().parent.parent.parent / "ui" / "index.html"
 

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.bodies import StrictJSONRoute
 from app.api.deps import ServicesDep
 from app.api.responses import errors
 from app.api.vectors import JSONL_MEDIA_TYPE, NPY_MEDIA_TYPE, jsonl_export, npy_export
 
-router = APIRouter(tags=["vectors"])
+router = APIRouter(tags=["vectors"], route_class=StrictJSONRoute)
 
 EXPORT_ANSWER = {
     "description": (
