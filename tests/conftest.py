@@ -77,7 +77,9 @@ def postgres_server() -> Iterator[PostgresForTests]:
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresForTests) -> Iterator[str]:
-    """A fresh database on the session's PostgreSQL server, dropped after the test."""
+    """A fresh database on the session's PostgreSQL server, dropped after the test. A test
+    that also starts servers lists it before ``server_process``: fixtures end in reverse
+    order, so its servers stop before their database goes."""
     url = postgres_server.new_database()
     yield url
     postgres_server.drop_database(url)

@@ -52,7 +52,7 @@ def workers(
 
 
 def test_an_item_added_through_one_worker_is_found_through_the_other(
-    server_process: Start, postgres_url: str, tmp_path: Path
+    postgres_url: str, server_process: Start, tmp_path: Path
 ) -> None:
     first, second = workers(server_process, postgres_url, tmp_path)
     cats, birds = images("cat", 6), images("bird", 6)
@@ -81,7 +81,7 @@ def test_an_item_added_through_one_worker_is_found_through_the_other(
 
 
 def test_an_activation_through_one_worker_switches_every_worker(
-    server_process: Start, postgres_url: str, tmp_path: Path
+    postgres_url: str, server_process: Start, tmp_path: Path
 ) -> None:
     torch.manual_seed(1)
     second_model = tmp_path / "second-model"
@@ -123,7 +123,7 @@ def test_an_activation_through_one_worker_switches_every_worker(
 
 
 def test_a_worker_killed_mid_write_loses_no_acknowledged_item(
-    server_process: Start, postgres_url: str, tmp_path: Path
+    postgres_url: str, server_process: Start, tmp_path: Path
 ) -> None:
     first, second = workers(server_process, postgres_url, tmp_path)
     acknowledged = write_until_stopped(
@@ -207,8 +207,21 @@ def test_postgres_killed_under_four_writers_loses_no_acknowledged_item(
         database.stop()
 
 
+def test_a_worker_stops_cleanly_while_its_database_is_gone(
+    server_process: Start, postgres_server: PostgresForTests, tmp_path: Path
+) -> None:
+    """SIGTERM with the database dropped: shutting down reads nothing from it, so it ends
+    cleanly and at once (it used to wait out the pool's 10 s timeout, then fail)."""
+    url = postgres_server.new_database()
+    (worker,) = workers(server_process, url, tmp_path, count=1)
+    postgres_server.drop_database(url)
+    worker.stop()
+    log = worker.log.read_text()
+    assert "Application shutdown complete" in log and "shutdown failed" not in log, log[-3000:]
+
+
 def test_two_workers_racing_for_one_training_job_run_it_once(
-    server_process: Start, postgres_url: str, tmp_path: Path
+    postgres_url: str, server_process: Start, tmp_path: Path
 ) -> None:
     first, second = workers(server_process, postgres_url, tmp_path)
     with first.client() as one, second.client() as two:
@@ -243,7 +256,7 @@ def test_two_workers_racing_for_one_training_job_run_it_once(
 
 
 def test_workers_flag_runs_several_processes_on_postgres(
-    server_process: Start, postgres_url: str, tmp_path: Path
+    postgres_url: str, server_process: Start, tmp_path: Path
 ) -> None:
     server = server_process(
         env={"EMBED_DATABASE_URL": postgres_url}, name="supervisor", args=["--workers", "2"]

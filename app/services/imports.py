@@ -109,11 +109,11 @@ class Imports:
         return record
 
     def shutdown(self) -> None:
+        """Stops the imports of this process at their next chunk, and waits for them. Reads
+        nothing from the database, so that a worker whose database is down still stops at
+        once."""
         with self._lock:
             self._closing = True
-            for record in self.db.imports():
-                if record["status"] not in FINISHED:
-                    self._stop_reasons[record["import_id"]] = "the server shut down"
         self._executor.shutdown(wait=True)
 
     def _stop_reason(self, import_id: str) -> str | None:
@@ -121,6 +121,8 @@ class Imports:
         another worker."""
         with self._lock:
             reason = self._stop_reasons.get(import_id)
+            if reason is None and self._closing:
+                reason = "the server shut down"
         if reason is None:
             found = self.db.imports(import_id)
             if not found or found[0]["status"] == "cancelled":

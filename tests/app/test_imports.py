@@ -125,6 +125,32 @@ def test_a_cancelled_import_stops_and_keeps_what_it_added(client: TestClient) ->
     assert record["added"] == 32 and item_count(client) == 32
 
 
+def test_a_shutdown_stops_a_running_import_and_keeps_what_it_added(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    first_chunk_done = threading.Event()
+    with TestClient(create_app(settings)) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        add = services.catalog.add
+
+        def add_then_wait_for_shutdown(*args: Any, **kwargs: Any) -> Any:
+            records = add(*args, **kwargs)
+            first_chunk_done.set()
+            deadline = time.monotonic() + 30
+            while not services.imports._closing and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return records
+
+        services.catalog.add = add_then_wait_for_shutdown
+        response = start(client, zipped(images("cat", 100)))
+        assert response.status_code == 202
+        import_id = response.json()["import_id"]
+        assert first_chunk_done.wait(30)
+    with TestClient(create_app(settings)) as client:
+        record = client.get(f"/imports/{import_id}").json()
+        assert record["status"] == "cancelled" and record["error"] == "the server shut down"
+        assert record["added"] == 32 and item_count(client) == 32
+
+
 def test_a_restart_ends_an_unfinished_import(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "data")
     with TestClient(create_app(settings)) as client:
