@@ -22,6 +22,7 @@ from model.backends import (
     select_backend,
 )
 from model.checkpoint import load_model
+from model.config import ModelConfig
 from model.data import discover, load
 from model.embedding import Embedder
 from model.network import EmbeddingNet
@@ -183,3 +184,22 @@ def test_images_of_the_wrong_size_are_refused() -> None:
     embedder = Embedder.from_dir(DEFAULT_MODEL, "torch-fp32")
     with pytest.raises(ValueError, match="64x64 px, the model takes 32x32"):
         embedder.embed_tensors(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_the_fp32_reference_is_computed_once_per_weights_and_probe() -> None:
+    net = EmbeddingNet(ModelConfig(embedding_dim=8, labels=("bird", "cat"))).eval()
+    calls: list[int] = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+
+    def unit_vectors(images: torch.Tensor) -> np.ndarray:
+        return np.full((len(images), 8), 8**-0.5, dtype=np.float32)
+
+    probe, other_probe = backends.random_probe(32), backends.random_probe(32)[:2]
+    first = backends.agrees_with_fp32(net, unit_vectors, probe, "weights-a")
+    assert backends.agrees_with_fp32(net, unit_vectors, probe, "weights-a") == first
+    assert len(calls) == 1
+    backends.agrees_with_fp32(net, unit_vectors, other_probe, "weights-a")
+    backends.agrees_with_fp32(net, unit_vectors, probe, "weights-b")
+    backends.agrees_with_fp32(net, unit_vectors, probe)  # no hash: nothing remembered
+    backends.agrees_with_fp32(net, unit_vectors, probe)
+    assert len(calls) == 5
