@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +103,13 @@ class Services:
             claim.release()
 
     def stop(self) -> None:
-        self.models.stop_following()
-        self.jobs.shutdown()
-        self.imports.shutdown()
-        self.models.save_index()
-        self.runtime.shutdown()
-        self.db.close()
+        """Stops every part in turn, each even if one before it failed (a database lost on
+        the way must not leave the batcher's thread or the connection pool open); a failure
+        is raised once every part has stopped."""
+        with ExitStack() as stack:  # runs its callbacks last in, first out
+            stack.callback(self.db.close)
+            stack.callback(self.runtime.shutdown)
+            stack.callback(self.models.save_index)
+            stack.callback(self.imports.shutdown)
+            stack.callback(self.jobs.shutdown)
+            stack.callback(self.models.stop_following)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -25,3 +26,22 @@ def test_items_model_and_index_survive_a_restart(tmp_path: Path, store: str) -> 
         assert client.get("/items").json()["total"] == 7
         assert client.get("/model").json()["version"] == version
         assert search_ids(client) == before
+
+
+def test_a_failing_shutdown_step_still_stops_the_rest(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path / "data"))
+    closed: list[bool] = []
+    with pytest.raises(RuntimeError, match="lost"), TestClient(app):
+        services = app.state.services
+
+        def lose_the_database() -> None:
+            raise RuntimeError("the database was lost")
+
+        def close() -> None:
+            closed.append(True)
+            close_database()
+
+        close_database = services.db.close
+        services.imports.shutdown = lose_the_database
+        services.db.close = close
+    assert closed == [True]
