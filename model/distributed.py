@@ -2,8 +2,9 @@
 collective operations the training loop needs.
 
 Run as a single process, every helper here is the identity and nothing is initialised. Under
-``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`start` joins the process group:
-gloo on CPU, NCCL where CUDA is present. Every rank holds the whole data set and the same
+``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`start` joins the process group
+over gloo, also on a machine with CUDA: training keeps its tensors on the CPU, and NCCL
+only moves GPU tensors. Every rank holds the whole data set and the same
 seeded P x K sampler; each takes its own share of every epoch's batches. Rank 0 alone
 evaluates, writes checkpoints and the model, and reports progress.
 """
@@ -90,8 +91,7 @@ def start(timeout_s: float = 600.0) -> Processes:
     if world_size <= 1:
         return Processes()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
     return Processes(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
