@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from bench.common import interleaved, print_table
-from model.backends import BackendUnavailable, Forward, build_forward, candidate_backends
+from model.backends import (
+    BackendUnavailable,
+    Forward,
+    build_forward,
+    candidate_backends,
+    openvino_config,
+    openvino_model,
+)
 from model.checkpoint import load_model
 from model.network import EmbeddingNet
 from model.quantization import Int8Model
@@ -65,21 +72,19 @@ def one_batch(forward: Forward, images: torch.Tensor) -> int:
     return len(forward(images))
 
 
-def int8_kernel_times(int8: Int8Model, batch: int, size: int, runs: int = 10) -> Counter[str]:
-    """Microseconds per batch spent in each (layer type, kernel) of the int8 IR, compiled with
-    the service's hints plus OpenVINO's per-layer counters."""
-    import numpy as np
+def int8_kernel_times(
+    net: EmbeddingNet, int8: Int8Model, images: torch.Tensor, runs: int = 10
+) -> Counter[str]:
+    """Microseconds per batch spent in each (layer type, kernel) of the int8 model the
+    service compiles (uint8 input, its settings), with OpenVINO's per-layer counters on."""
     import openvino as ov
 
-    assert int8.network is not None
-    network = int8.network.clone()
-    network.reshape({network.inputs[0].get_any_name(): [batch, 3, size, size]})
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
-    request = ov.Core().compile_model(network, "CPU", config).create_infer_request()
-    images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    model = openvino_model(net, "int8", int8, weights_hash=None)
+    config = {**openvino_config("int8"), "PERF_COUNT": True}
+    request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
     times: Counter[str] = Counter()
     for run in range(runs + 2):
-        request.infer({0: images})
+        request.infer({0: images.numpy()})
         if run >= 2:  # the first runs warm the caches up
             for layer in request.get_profiling_info():
                 times[f"{layer.node_type} ({layer.exec_type})"] += (
@@ -126,7 +131,7 @@ def main() -> None:
     )
 
     if int8 is not None and int8.network is not None:
-        times = int8_kernel_times(int8, args.batch, size)
+        times = int8_kernel_times(net, int8, images)
         total = sum(times.values())
         print(f"\nopenvino-int8, batch {args.batch}: {total / 1e3:.1f} ms in its layers")
         print("| layer type (kernel) | ms per batch | share |")

@@ -185,11 +185,12 @@ _MODELS: _Cache[ov.Model] = _Cache()
 _REFERENCES: _Cache[np.ndarray] = _Cache()
 
 
-def _openvino_model(
+def openvino_model(
     net: EmbeddingNet, precision: str, int8: Int8Model | None, weights_hash: str | None
 ) -> ov.Model:
-    """The network to compile, taking ``uint8`` images: the stored int8 IR, or the weights
-    converted (the same float model serves fp32 and bf16; the hint picks the precision)."""
+    """The network the service compiles for ``precision`` (``f32``, ``bf16`` or ``int8``),
+    taking ``uint8`` images: the stored int8 IR, or the weights converted (the same float
+    model serves fp32 and bf16; :func:`openvino_config`'s hint picks the precision)."""
     if precision == "int8":
         if int8 is None or int8.network is None:
             raise BackendUnavailable("openvino-int8 needs the model's int8 IR (int8.json)")
@@ -198,17 +199,20 @@ def _openvino_model(
     return _MODELS.get_or_build(key, lambda: _with_uint8_input(to_openvino(net), net.config))
 
 
+def openvino_config(precision: str) -> dict[str, str]:
+    """The settings the service compiles an OpenVINO model of ``precision`` with."""
+    # int8: the layers left unquantised stay exact, so quality matches the measured one
+    hint = "f32" if precision == "int8" else precision
+    return {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+
+
 def _openvino_forward(
     net: EmbeddingNet, precision: str, int8: Int8Model | None, weights_hash: str | None
 ) -> Forward:
     import openvino as ov
 
-    model = _openvino_model(net, precision, int8, weights_hash)
-    # int8: the layers left unquantised stay exact, so quality matches the measured one
-    hint = "f32" if precision == "int8" else precision
-    compiled = ov.Core().compile_model(
-        model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-    )
+    model = openvino_model(net, precision, int8, weights_hash)
+    compiled = ov.Core().compile_model(model, "CPU", openvino_config(precision))
     request = compiled.create_infer_request()
     lock = threading.Lock()  # one infer request: its output buffer is reused by the next call
 
