@@ -77,20 +77,27 @@ def postgres_server() -> Iterator[PostgresForTests]:
 
 @pytest.fixture
 def postgres_url(postgres_server: PostgresForTests) -> Iterator[str]:
-    """A fresh database on the session's PostgreSQL server, dropped after the test. A test
-    that also starts servers lists it before ``server_process``: fixtures end in reverse
-    order, so its servers stop before their database goes."""
+    """A fresh database on the session's PostgreSQL server, dropped after the test (after
+    the test's servers have stopped: see ``server_process``)."""
     url = postgres_server.new_database()
     yield url
     postgres_server.drop_database(url)
 
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+def server_process(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., ServerProcess]]:
     """Starts real server processes (``start(env=..., name=..., data_dir=..., args=...)``);
     each has its own data directory under the test's ``tmp_path`` unless given one (workers
-    share theirs), and logs to ``<name>.log`` there. All are stopped after the test."""
+    share theirs), and logs to ``<name>.log`` there. All are stopped after the test, before
+    the test's ``postgres_url`` database is dropped, whatever order the test names them in."""
     from tests.server import ServerProcess
+
+    if "postgres_url" in request.fixturenames:
+        # Fixtures end in reverse order of their start: a database made first goes last.
+        # Dropped under running workers, it stalls their shutdown (a job's end unrecorded).
+        request.getfixturevalue("postgres_url")
 
     started: list[ServerProcess] = []
 

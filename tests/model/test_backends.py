@@ -186,7 +186,10 @@ def test_images_of_the_wrong_size_are_refused() -> None:
         embedder.embed_tensors(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
 
 
-def test_the_fp32_reference_is_computed_once_per_weights_and_probe() -> None:
+def test_the_fp32_reference_is_computed_once_per_weights_and_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backends, "_REFERENCES", backends._Cache())  # none from other tests
     net = EmbeddingNet(ModelConfig(embedding_dim=8, labels=("bird", "cat"))).eval()
     calls: list[int] = []
     net.register_forward_hook(lambda *_: calls.append(1))
