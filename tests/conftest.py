@@ -25,6 +25,17 @@ PHOTOS = SHARED_DATA / "photos" / "train"
 DEFAULT_MODEL = ROOT / "model" / "default"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, two test processes share the cores: each computes on one thread
+    (and so do the servers and training processes it starts), or their OpenMP threads spin
+    against each other's and every computation runs several times slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def cifar() -> Path:
     if not CIFAR.is_dir():
