@@ -2,7 +2,7 @@
 interleaved in one run.
 
     .venv/bin/python -m bench.train_throughput [--model model/default] [--images 512]
-        [--batch 128] [--rounds 3]
+        [--batch 128] [--rounds 3] [--device cuda]
 
 Times :func:`model.training.train_one_epoch` (the loop ``triplet-embed train`` and the
 service's jobs run) with the parts :func:`model.training.build_training` builds from the
@@ -31,8 +31,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="real training images")
     parser.add_argument("--batch", type=int, help="default: the recipe's")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    recipe_fields = {**read_card(args.model).recipe, "init_from": None, "pretrained": None}
+    recipe_fields = {
+        **read_card(args.model).recipe,
+        "init_from": None,
+        "pretrained": None,
+        "device": args.device,
+    }
     if args.batch:
         recipe_fields["batch_size"] = args.batch
     base = TrainRecipe(**recipe_fields)
@@ -40,7 +46,7 @@ def main() -> None:
     data = prepare_data(base.model_copy(update={"max_per_class": args.images // classes}))
     print(
         f"{len(data.train)} real training images, batch {base.batch_size}, "
-        f"{base.input_size} px, {base.stem} stem, torch {torch.__version__}, "
+        f"{base.input_size} px, {base.stem} stem, {base.device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
 

@@ -120,19 +120,23 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def _torch_forward(net: EmbeddingNet, bf16: bool) -> Forward:
+    """Eager PyTorch where ``net`` lies: the CPU when serving, the training device when a run
+    evaluates its own network (``TrainRecipe.device``)."""
+    device = next(net.parameters()).device
     if not bf16:
 
         def fp32(images: torch.Tensor) -> np.ndarray:
             with torch.inference_mode():
-                return net(normalize(images, net.config)).numpy()
+                return net(normalize(images.to(device), net.config)).cpu().numpy()
 
         return fp32
     channels_last = net.to(memory_format=torch.channels_last)
 
     def bf16_autocast(images: torch.Tensor) -> np.ndarray:
-        batch = normalize(images, net.config).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            return channels_last(batch).float().numpy()
+        batch = normalize(images.to(device), net.config)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return channels_last(batch).float().cpu().numpy()
 
     return bf16_autocast
 
@@ -269,7 +273,7 @@ def agrees_with_fp32(
 
     def reference() -> np.ndarray:
         with torch.inference_mode():
-            return net(normalize(probe, net.config)).numpy()
+            return _torch_forward(net, bf16=False)(probe)
 
     key = None
     if weights_hash is not None:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from model import distributed
@@ -32,7 +31,7 @@ from model.report import (
     plot_projection,
     plot_training_curve,
 )
-from model.training import evaluate, train
+from model.training import check_device, evaluate, train
 
 
 def _classes(value: str | None) -> list[str] | None:
@@ -193,7 +192,8 @@ def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
 def run_train(args: argparse.Namespace) -> int:
     try:
         recipe = recipe_from_args(args)
-    except ValidationError as exc:
+        check_device(recipe)
+    except ValueError as exc:  # pydantic's ValidationError is one too
         print(f"invalid recipe: {exc}", file=sys.stderr)
         return 2
 

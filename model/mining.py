@@ -22,6 +22,12 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row, in proportion to ``weights``; drawn on the CPU (where the seeded
+    generator lives, so a run draws the same whatever device it trains on)."""
+    return torch.multinomial(weights.cpu(), 1, generator=generator).flatten().to(weights.device)
+
+
 def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
     """Euclidean distance matrix ``(N, N)``; the gradient stays finite at zero distance."""
     squared = embeddings.pow(2).sum(dim=1)
@@ -66,7 +72,7 @@ def mine_triplets(
     keep = row_neg.any(dim=1)
     a, p, row_neg = a[keep], p[keep], row_neg[keep]
     if strategy == "random":
-        n = torch.multinomial(row_neg.float(), 1, generator=generator).flatten()
+        n = _draw(row_neg.float(), generator)
         return a, p, n
     d_an = dist[a]
     d_ap = dist[a, p][:, None]
@@ -119,7 +125,7 @@ def mine_quartets(
     if strategy == "random":
         weights = valid.float()
         weights[~has] = 1.0
-        n2 = torch.multinomial(weights, 1, generator=generator).flatten()
+        n2 = _draw(weights, generator)
     else:
         d = dist.detach()[n1]
         n2 = torch.where(valid, d, torch.full_like(d, float("inf"))).argmin(dim=1)

@@ -135,8 +135,8 @@ def prepare(image: Image.Image, config: ModelConfig) -> torch.Tensor:
 
 def normalize(batch: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """``uint8`` batch ``(N, 3, S, S)`` to the float input the network expects."""
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(config.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(config.std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     batch = batch.float().div_(255.0)
     if batch.shape[-1] != config.input_size or batch.shape[-2] != config.input_size:
         batch = F.interpolate(

@@ -19,10 +19,11 @@ LossKind = Literal["metric", "normsoftmax", "both"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear"]
 Augmentation = Literal["strong", "light", "crop"]
+Device = Literal["cpu", "cuda"]
 MiningScope = Literal["global", "local"]
 
 #: The fields a caller of a training service may choose; the others describe the machine that
-#: trains (data folders, bf16) and the starting point (architecture, initial weights).
+#: trains (data folders, device, bf16) and the starting point (architecture, initial weights).
 TUNABLE_FIELDS = (
     "model_type",
     "mining",
@@ -128,6 +129,13 @@ class TrainRecipe(BaseModel):
         description="data folder -> how many times more often its images are drawn",
     )
     bf16: bool = Field(default=False, description="bf16 autocast and channels-last")
+    device: Device = Field(
+        default="cpu",
+        description=(
+            "where the steps, the weight average and evaluation run: cpu, or cuda (one GPU, "
+            "one process); images are decoded and augmented on the CPU either way"
+        ),
+    )
     pretrained: str | None = Field(
         default=None, description="local torchvision resnet18 weights (ImageNet)"
     )

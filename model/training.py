@@ -125,6 +125,7 @@ def train_one_epoch(
     network = net.module if isinstance(net, DistributedDataParallel) else net
     assert isinstance(network, EmbeddingNet)
     config = network.config
+    device = next(network.parameters()).device
     net.train()
     sums = {"loss": 0.0, "active": 0, "tuples": 0, "head_wrong": 0, "instance_wrong": 0}
     seen, views_seen = 0, 0
@@ -137,11 +138,11 @@ def train_one_epoch(
             group["lr"] = schedule(step)
         originals = images.images[batch_idx]
         views = torch.cat([augmentation(originals) for _ in range(objective.views)])
-        batch = normalize(views, config)
-        labels = images.targets[batch_idx].repeat(objective.views)
+        batch = normalize(views.to(device, non_blocking=True), config)
+        labels = images.targets[batch_idx].repeat(objective.views).to(device)
         if bf16:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             embeddings = net(batch).float()
         if gather:  # view by view, so that the views of one image stay paired
             embeddings = torch.cat(
@@ -224,8 +225,8 @@ def evaluate(
         )
     if head is not None:
         with torch.no_grad():
-            logits = head.logits(torch.from_numpy(query_vectors))
-        predicted = logits.argmax(dim=1).numpy()
+            logits = head.logits(torch.from_numpy(query_vectors).to(head.weight.device))
+        predicted = logits.argmax(dim=1).cpu().numpy()
         metrics["head_accuracy"] = float(np.mean(predicted == queries.targets.numpy()))
     metrics["queries"] = float(len(queries))
     return metrics
@@ -280,8 +281,9 @@ def mix_sample(images: ImageSet, repeats: torch.Tensor, limit: int, seed: int) -
 def recompute_batchnorm(net: nn.Module, images: ImageSet, config: ModelConfig) -> None:
     """Replaces BatchNorm running statistics with exact averages over clean (un-augmented)
     images, the inputs the network sees when serving."""
+    device = next(net.parameters()).device
     batches = [
-        normalize(images.images[start : start + 256], config)
+        normalize(images.images[start : start + 256].to(device), config)
         for start in range(0, len(images), 256)
     ]
     torch.optim.swa_utils.update_bn(batches, net)
@@ -356,12 +358,12 @@ def _save_state(
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     for name, module in modules.items():
-        tensors = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, state_dir / f"{name}.tmp")
         (state_dir / f"{name}.tmp").replace(state_dir / f"{name}.safetensors")
     opt_state = optimizer.state_dict()
     tensors = {
-        f"{idx}.{name}": value.contiguous()
+        f"{idx}.{name}": value.cpu().contiguous()
         for idx, entries in opt_state["state"].items()
         for name, value in entries.items()
     }
@@ -405,12 +407,25 @@ def _export_net(net: EmbeddingNet, ema: AveragedModel | None, bn_images: ImageSe
     """The network to evaluate and save: the average when there is one, else a copy of the
     live network; BatchNorm statistics recomputed on clean training images either way."""
     source = ema.module if ema is not None else net
-    export = EmbeddingNet(net.config)
+    export = EmbeddingNet(net.config).to(next(net.parameters()).device)
     export.load_state_dict(
         {k: v.detach().clone() for k, v in source.state_dict().items()}, strict=True
     )
     recompute_batchnorm(export, bn_images, net.config)
     return export
+
+
+def check_device(recipe: TrainRecipe, processes: Processes | None = None) -> None:
+    """Raises ``ValueError`` when ``recipe.device`` cannot train here, before any data is read.
+
+    A GPU run is one process: the processes of a distributed run join over gloo, which moves
+    the CPU tensors that CPU training gathers."""
+    if recipe.device != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError("device cuda: torch sees no CUDA device on this machine")
+    if processes is not None and processes.distributed:
+        raise ValueError("device cuda trains in one process, not under torchrun")
 
 
 @dataclass
@@ -438,12 +453,16 @@ def build_training(
     ``processes``, the network that steps is a DistributedDataParallel of it (which starts
     every rank from rank 0's weights), and the sampler gives each rank its share."""
     processes = processes or Processes()
+    check_device(recipe, processes)
+    if recipe.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest kernels
     classes = images.classes
-    net = _build(recipe, classes)
+    net = _build(recipe, classes).to(recipe.device)
     if recipe.bf16:
         net = net.to(memory_format=torch.channels_last)
     objective = build_objective(recipe, classes)
     if objective.head is not None:
+        objective.head.to(recipe.device)
         processes.broadcast(objective.head)
     stepped: nn.Module = DistributedDataParallel(net) if processes.distributed else net
     params = list(net.parameters())
@@ -497,6 +516,7 @@ def train(
     from the same checkpoint, and the run fails unless all ranks end with the same weights.
     """
     processes = processes or Processes()
+    check_device(recipe, processes)
     emit = (on_event or (lambda event: None)) if processes.main else (lambda event: None)
     torch.manual_seed(recipe.seed)
     data = datasets or prepare_data(recipe)
@@ -610,7 +630,9 @@ def train(
             "metrics": start.metrics,
             "history": start.history,
         }
-    card = save_model(final_net, out_dir, recipe=recipe.to_dict(), metrics=metrics, history=history)
+    card = save_model(
+        final_net.cpu(), out_dir, recipe=recipe.to_dict(), metrics=metrics, history=history
+    )
     shutil.rmtree(state_dir, ignore_errors=True)
     processes.barrier()
     emit({"event": "done", "version": card.version, "metrics": metrics})

@@ -1,4 +1,5 @@
-"""The command line: a command whose optional extra is missing says which one to install."""
+"""The command line: a command whose optional extra is missing says which one to install; a
+recipe this machine cannot run is refused before any work."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.cli import main
 from tests.conftest import DEFAULT_MODEL
@@ -43,3 +45,14 @@ def test_the_client_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delitem(sys.modules, "app.client", raising=False)
     with pytest.raises(ImportError, match=r"triplet-embed\[client\]"):
         import app.client  # noqa: F401
+
+
+def test_training_on_a_gpu_the_machine_lacks_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    missing = tmp_path / "no-such-folder"  # refused before the data is looked at
+    command = ["train", "--data", str(missing), "--device", "cuda", "--out", str(tmp_path / "m")]
+    assert main(command) == 2
+    assert "device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -11,10 +11,18 @@ import torch
 from model.checkpoint import load_model
 from model.config import ModelConfig
 from model.data import discover, split
+from model.distributed import Processes
 from model.embedding import Embedder
 from model.network import EmbeddingNet
 from model.recipe import TrainRecipe
-from model.training import TrainingCancelled, evaluate, lr_at, prepare_data, train
+from model.training import (
+    TrainingCancelled,
+    check_device,
+    evaluate,
+    lr_at,
+    prepare_data,
+    train,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +33,21 @@ def test_learning_rate_schedule() -> None:
     assert lr_at(99, 100, 10, 1.0) < 0.02
     assert lr_at(55, 100, 10, 1.0, "linear") == pytest.approx(0.5)
     assert lr_at(100, 100, 10, 1.0, "linear") == 0.0
+
+
+def test_a_gpu_recipe_is_checked_before_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = TrainRecipe(data=[str(tmp_path / "no-such-folder")], device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="torch sees no CUDA device"):
+        train(recipe, tmp_path / "out")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    two_processes = Processes(rank=0, world_size=2)
+    with pytest.raises(ValueError, match="one process"):
+        check_device(recipe, two_processes)
+    check_device(recipe.model_copy(update={"device": "cpu"}), two_processes)
+    check_device(recipe)  # one process on a (pretended) GPU machine is fine
 
 
 def test_trained_model_beats_untrained_on_held_out_images(cifar: Path, tmp_path: Path) -> None:
