@@ -260,9 +260,11 @@ class ModelService:
         self.progress = {"reembedded": 0, "total": 0}
 
     def _run_claimed(self, version: str) -> dict[str, Any]:
-        """Runs a claimed activation and releases the claim; records the outcome."""
+        """Runs a claimed activation and releases the claim; records the outcome before
+        ``activating`` clears, so that no reader sees neither (idle, yet no outcome)."""
         try:
             result = self._activate(version)
+            self.last_activation = result
         except Exception as exc:
             detail = exc.detail if isinstance(exc, ServiceError) else repr(exc)
             self.last_activation = {"version": version, "status": "failed", "error": detail}
@@ -273,7 +275,6 @@ class ModelService:
                 self._activation_claim.release()
                 self._activation_claim = None
             self._activation_lock.release()
-        self.last_activation = result
         return result
 
     def _run_claimed_logged(self, version: str) -> None:

@@ -149,6 +149,35 @@ def hold_activations(client: TestClient) -> threading.Event:
     return release
 
 
+def test_an_activation_records_its_outcome_before_it_reads_as_finished(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """``GET /models`` never shows no activation running and no outcome of the last one."""
+    add(client, "cat", 0, 2)
+    second = register_second_model(client, tmp_path)
+    models = client.app.state.services.models  # type: ignore[attr-defined]
+    seen_at_release: list[tuple[str | None, dict]] = []  # type: ignore[type-arg]
+
+    class WatchedLock:
+        """The activation lock, noting what a reader would see when it is released."""
+
+        def __init__(self, lock: threading.Lock) -> None:
+            self.lock = lock
+
+        def acquire(self, blocking: bool = True) -> bool:
+            return self.lock.acquire(blocking)
+
+        def release(self) -> None:
+            seen_at_release.append((models.activating, dict(models.last_activation)))
+            self.lock.release()
+
+    models._activation_lock = WatchedLock(models._activation_lock)
+    response = client.post(f"/models/{second}/activate", params={"wait": True})
+    assert response.status_code == 200
+    assert seen_at_release == [(None, response.json())]
+    assert response.json()["status"] == "active"
+
+
 def test_simultaneous_activations_get_one_202_and_409s(client: TestClient, tmp_path: Path) -> None:
     """The claim is taken before the route answers: never a 202 for an activation that then
     fails with a conflict in the background."""
