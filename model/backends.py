@@ -122,7 +122,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 def _torch_forward(net: EmbeddingNet, bf16: bool) -> Forward:
     """Eager PyTorch where ``net`` lies: the CPU when serving, the training device when a run
     evaluates its own network (``TrainRecipe.device``)."""
-    device = next(net.parameters()).device
+    device = net.device
     if not bf16:
 
         def fp32(images: torch.Tensor) -> np.ndarray:

@@ -33,6 +33,11 @@ class EmbeddingNet(nn.Module):
         self.features = backbone
         self.embedding = nn.Linear(feature_dim, config.embedding_dim)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights lie: the CPU, or the GPU a run trains on."""
+        return self.embedding.weight.device
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.embedding(self.features(images)).float(), dim=1)
 

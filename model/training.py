@@ -125,7 +125,7 @@ def train_one_epoch(
     network = net.module if isinstance(net, DistributedDataParallel) else net
     assert isinstance(network, EmbeddingNet)
     config = network.config
-    device = next(network.parameters()).device
+    device = network.device
     net.train()
     sums = {"loss": 0.0, "active": 0, "tuples": 0, "head_wrong": 0, "instance_wrong": 0}
     seen, views_seen = 0, 0
@@ -278,12 +278,11 @@ def mix_sample(images: ImageSet, repeats: torch.Tensor, limit: int, seed: int) -
     return subset_of(images, sorted(pick.tolist()))
 
 
-def recompute_batchnorm(net: nn.Module, images: ImageSet, config: ModelConfig) -> None:
+def recompute_batchnorm(net: EmbeddingNet, images: ImageSet, config: ModelConfig) -> None:
     """Replaces BatchNorm running statistics with exact averages over clean (un-augmented)
     images, the inputs the network sees when serving."""
-    device = next(net.parameters()).device
     batches = [
-        normalize(images.images[start : start + 256].to(device), config)
+        normalize(images.images[start : start + 256].to(net.device), config)
         for start in range(0, len(images), 256)
     ]
     torch.optim.swa_utils.update_bn(batches, net)
@@ -407,7 +406,7 @@ def _export_net(net: EmbeddingNet, ema: AveragedModel | None, bn_images: ImageSe
     """The network to evaluate and save: the average when there is one, else a copy of the
     live network; BatchNorm statistics recomputed on clean training images either way."""
     source = ema.module if ema is not None else net
-    export = EmbeddingNet(net.config).to(next(net.parameters()).device)
+    export = EmbeddingNet(net.config).to(net.device)
     export.load_state_dict(
         {k: v.detach().clone() for k, v in source.state_dict().items()}, strict=True
     )
