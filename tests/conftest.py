@@ -99,7 +99,8 @@ def postgres_url(postgres_server: PostgresForTests) -> Iterator[str]:
 def server_process(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """Starts real server processes (``start(env=..., name=..., data_dir=..., args=...)``);
+    """Starts real server processes (``start(env=..., name=..., data_dir=..., args=...,
+    measure_backends=...)``: see :class:`ServerProcess`);
     each has its own data directory under the test's ``tmp_path`` unless given one (workers
     share theirs), and logs to ``<name>.log`` there. All are stopped after the test, before
     the test's ``postgres_url`` database is dropped, whatever order the test names them in."""
@@ -117,9 +118,10 @@ def server_process(
         name: str = "server",
         data_dir: Path | None = None,
         args: list[str] | None = None,
+        measure_backends: bool = False,
     ) -> ServerProcess:
         data_dir = data_dir or tmp_path / name / "data"
-        server = ServerProcess(data_dir, tmp_path / f"{name}.log", env, args)
+        server = ServerProcess(data_dir, tmp_path / f"{name}.log", env, args, measure_backends)
         server.data_dir.parent.mkdir(parents=True, exist_ok=True)
         started.append(server.start())
         return server

@@ -13,7 +13,13 @@ from pathlib import Path
 import httpx2 as httpx
 
 from app.client import EmbedClient
+from app.services.models import BACKEND_SELECTION_FILE
 from tests.conftest import DEFAULT_MODEL, ROOT
+
+# What `auto` measured in this test process's first server with a fresh data folder. Later
+# servers with fresh folders start from it, as a restarted service would: measuring again
+# costs about 13 s a start on 2 cores and tests nothing new.
+_first_measurement: dict[str, bytes] = {}
 
 
 def free_port() -> int:
@@ -31,7 +37,10 @@ class ServerProcess:
         log: Path,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
+        measure_backends: bool = False,
     ) -> None:
+        """``measure_backends``: let ``auto`` measure in a fresh data folder instead of
+        remembering this process's first measurement."""
         self.data_dir = data_dir
         self.log = log
         self.env = {"EMBED_MODEL_DIR": str(DEFAULT_MODEL), **(env or {})}
@@ -39,9 +48,18 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
+        self.measure_backends = measure_backends
+
+    @property
+    def backend_selection(self) -> Path:
+        return self.data_dir / "models" / BACKEND_SELECTION_FILE
 
     def start(self, timeout: float = 120) -> ServerProcess:
         """Starts the process and returns once ``/readyz`` answers 200."""
+        remembered = _first_measurement.get("selection")
+        if remembered and not self.measure_backends and not self.backend_selection.exists():
+            self.backend_selection.parent.mkdir(parents=True, exist_ok=True)
+            self.backend_selection.write_bytes(remembered)
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app", "--port", str(self.port), *self.args],
@@ -63,6 +81,8 @@ class ServerProcess:
             except TimeoutError:
                 self.kill()
                 raise
+        if remembered is None and self.backend_selection.exists():
+            _first_measurement["selection"] = self.backend_selection.read_bytes()
         return self
 
     @property

@@ -23,12 +23,24 @@ def server(server_process: Callable[..., ServerProcess]) -> Iterator[httpx.Clien
         yield client
 
 
+@pytest.fixture
+def new_install(server_process: Callable[..., ServerProcess]) -> Iterator[httpx.Client]:
+    """A server on a fresh data folder that measures the backends, as a new install does."""
+    with server_process(measure_backends=True).client() as client:
+        yield client
+
+
 def files(label: str, start: int, count: int) -> list[tuple[str, tuple[str, bytes, str]]]:
     paths = sorted((CIFAR / label).iterdir())[start : start + count]
     return [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
 
-def test_store_search_cluster_train_and_activate(server: httpx.Client) -> None:
+def test_store_search_cluster_train_and_activate(new_install: httpx.Client) -> None:
+    server = new_install
+    selection = server.get("/model").json()["backend_selection"]
+    assert selection["how"] == "measured", selection
+    assert selection["backend"] in selection["images_per_second"]
+
     for label in ("cat", "bird"):
         for start in range(0, 100, 25):
             response = server.post("/items", files=files(label, start, 25), data={"labels": label})

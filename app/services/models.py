@@ -42,6 +42,8 @@ ACTIVATION_ATTEMPTS = 10  # rounds of embedding what other workers added during 
 ACTIVATION = "activation"  # the claim an activation holds
 MAX_REPORTED_IDS = 100  # ids listed in an activation result; the count is always exact
 STALE_STAGING_S = 3600.0  # a model copy takes seconds: a staging folder this old was orphaned
+# in the models folder: the backend `auto` measured, by CPU, libraries and model
+BACKEND_SELECTION_FILE = "backend-selection.json"
 
 
 class ModelService:
@@ -62,7 +64,7 @@ class ModelService:
         self.models_dir = models_dir
         self.index_dir = index_dir
         self.backend = backend
-        self.backend_cache = models_dir / "backend-selection.json"  # measured per CPU and model
+        self.backend_cache = models_dir / BACKEND_SELECTION_FILE
         self._activation_lock = threading.Lock()
         self._activation_claim: Claim | None = None
         self._stop_following = threading.Event()
