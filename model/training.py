@@ -278,11 +278,11 @@ def mix_sample(images: ImageSet, repeats: torch.Tensor, limit: int, seed: int) -
     return subset_of(images, sorted(pick.tolist()))
 
 
-def recompute_batchnorm(net: EmbeddingNet, images: ImageSet, config: ModelConfig) -> None:
+def recompute_batchnorm(net: EmbeddingNet, images: ImageSet) -> None:
     """Replaces BatchNorm running statistics with exact averages over clean (un-augmented)
     images, the inputs the network sees when serving."""
     batches = [
-        normalize(images.images[start : start + 256].to(net.device), config)
+        normalize(images.images[start : start + 256].to(net.device), net.config)
         for start in range(0, len(images), 256)
     ]
     torch.optim.swa_utils.update_bn(batches, net)
@@ -410,7 +410,7 @@ def _export_net(net: EmbeddingNet, ema: AveragedModel | None, bn_images: ImageSe
     export.load_state_dict(
         {k: v.detach().clone() for k, v in source.state_dict().items()}, strict=True
     )
-    recompute_batchnorm(export, bn_images, net.config)
+    recompute_batchnorm(export, bn_images)
     return export
 
 
