@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -27,15 +28,31 @@ def validate(model: type[Model], data: Any) -> Model:
         raise RequestValidationError(exc.errors()) from exc
 
 
+class _NotJSON(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity``, met by the parser (which does not say where)."""
+
+
 def _refuse_constant(constant: str) -> NoReturn:
-    raise json.JSONDecodeError(f"{constant} is not a JSON value", constant, 0)
+    raise _NotJSON(constant)
+
+
+# A JSON string, or one of the constants outside strings: the first constant this finds in
+# a document that parsed up to a constant is the one the parser met.
+_STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
 
 
 def strict_json(raw: str | bytes) -> Any:
     """Parses JSON as RFC 8259 defines it. Python's parser also reads ``NaN`` and
     ``Infinity``, which no JSON answer can carry back: stored, they would break every later
-    listing, and a 422 that quotes them could not be written."""
-    return json.loads(raw, parse_constant=_refuse_constant)
+    listing, and a 422 that quotes them could not be written. The error gives the
+    constant's position, as for any other JSON error."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except _NotJSON as exc:
+        text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "replace")
+        found = (m for m in _STRING_OR_CONSTANT.finditer(text) if m.group(1))
+        position = next(found).start(1)
+        raise json.JSONDecodeError(f"{exc} is not a JSON value", text, position) from None
 
 
 class StrictJSONRequest(Request):

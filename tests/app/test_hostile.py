@@ -1,13 +1,14 @@
 """Hostile and odd uploads through the API: clear 4xx, nothing stored; odd but valid images work."""
 
 import io
+import json
 
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.api.bodies import StrictJSONRoute
+from app.api.bodies import StrictJSONRoute, strict_json
 from tests.app.conftest import item_count
 from tests.conftest import image_bytes
 
@@ -90,6 +91,7 @@ def test_nan_and_infinity_are_not_json(client: TestClient) -> None:
         assert response.status_code == 400, response.text
     response = client.post("/cluster", content=b'{"k": NaN}', headers=json_body)  # FastAPI's
     assert response.status_code == 422 and "NaN is not a JSON value" in response.text
+    assert response.json()["detail"][0]["loc"] == ["body", 6]  # where the NaN is
     for text in ("Infinity", '{"metadata.x": NaN}', '{"label": -Infinity}'):
         response = client.get("/items", params={"filter": text})
         assert response.status_code == 422 and "not a JSON value" in response.text
@@ -97,6 +99,16 @@ def test_nan_and_infinity_are_not_json(client: TestClient) -> None:
     response = client.post("/items", files=upload, data={"metadata": '{"x": NaN}'})
     assert response.status_code == 400 and "NaN is not a JSON value" in response.text
     assert item_count(client) == 0
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_a_refused_constant_is_reported_where_it_is(encoding: str) -> None:
+    """Not where the same word stands inside a string before it."""
+    document = '{"note": "NaN \\" Infinity", "x": [1, -Infinity]}'
+    with pytest.raises(json.JSONDecodeError) as refused:
+        strict_json(document.encode(encoding))
+    assert refused.value.msg == "-Infinity is not a JSON value"
+    assert refused.value.pos == document.index("-Infinity") == 37
 
 
 def test_every_route_parses_json_strictly(client: TestClient) -> None:
