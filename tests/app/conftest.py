@@ -25,6 +25,7 @@ STORES = ("sqlite", "postgres")
 NOT_PARAMETRISED = frozenset(
     {
         "test_batching",
+        "test_deps",
         "test_index",
         "test_training_worker",
         "test_filters",
