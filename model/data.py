@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from model.preprocessing import ImageDecodeError, load_image_file, to_square_tensor
+from model.preprocessing import ImageDecodeError, decode_prepared
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def load(
 
     def read(sample: Sample) -> torch.Tensor | None:
         try:
-            return to_square_tensor(load_image_file(sample.path, target_size=size), size)
+            return decode_prepared(sample.path.read_bytes(), size)[0]
         except (ImageDecodeError, OSError) as exc:
             log.warning("skipping unreadable image %s: %s", sample.path, exc)
             return None

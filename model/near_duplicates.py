@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from model.embedding import Embedder
-from model.preprocessing import decode_image, load_image_file, to_square_tensor
+from model.preprocessing import decode_prepared, load_image_file
 
 Edit = Callable[[Image.Image], bytes]
 
@@ -54,10 +54,7 @@ EDITS: dict[str, Edit] = {"crop_85": central_crop, "jpeg_40": jpeg, "brightness_
 
 def edited_tensors(images: Sequence[Image.Image], size: int, edit: Edit) -> torch.Tensor:
     """Edited copies of full-size ``images`` as the model's ``uint8`` input."""
-    copies = [
-        to_square_tensor(decode_image(edit(image), target_size=size), size) for image in images
-    ]
-    return torch.stack(copies)
+    return torch.stack([decode_prepared(edit(image), size)[0] for image in images])
 
 
 def near_duplicate_recall(
@@ -71,9 +68,7 @@ def near_duplicate_recall(
     each group's share; ``"all"`` covers every path. Duplicate files count as found when the
     copy's nearest neighbour has the same bytes-identical content as its original."""
     size = embedder.config.input_size
-    originals = torch.stack(
-        [to_square_tensor(load_image_file(p, target_size=size), size) for p in paths]
-    )
+    originals = torch.stack([decode_prepared(p.read_bytes(), size)[0] for p in paths])
     gallery = embedder.embed_tensors(originals)
     same_content = _identical(paths)
     full_size = [load_image_file(p) for p in paths]  # decoded once, edited once per edit

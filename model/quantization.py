@@ -41,7 +41,7 @@ import torch
 from model.checkpoint import atomic_write_bytes
 from model.config import ModelConfig
 from model.network import EmbeddingNet
-from model.preprocessing import ImageDecodeError, decode_image, normalize, prepare
+from model.preprocessing import ImageDecodeError, decode_prepared, normalize
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -171,7 +171,7 @@ def probe_images(paths: list[str], config: ModelConfig) -> torch.Tensor | None:
     for path in paths:
         try:
             data = Path(path).read_bytes()
-            images.append(prepare(decode_image(data, target_size=config.input_size), config))
+            images.append(decode_prepared(data, config.input_size)[0])
         except (OSError, ImageDecodeError):
             continue
     if not images or len(images) < len(paths) / 2:

@@ -29,7 +29,7 @@ from app.services.batching import InferenceBatcher
 from app.store.index import Index, IndexPolicy
 from model.checkpoint import ModelCard
 from model.embedding import Embedder
-from model.preprocessing import ImageDecodeError, decode_with_format, prepare
+from model.preprocessing import ImageDecodeError, decode_prepared, prepare
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,12 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class DecodedUpload:
-    """An upload decoded, and already prepared as the active model's input (``pixels``:
-    ``uint8`` ``(3, S, S)``) in the same decoding task; ``image`` stays for a model of
-    another input size (one activated meanwhile)."""
+    """An upload decoded straight into the active model's input (``pixels``: ``uint8``
+    ``(3, S, S)``); a model of another input size (one activated meanwhile) decodes ``data``
+    again."""
 
     filename: str
     data: bytes
-    image: Image.Image
     format: str
     pixels: torch.Tensor
 
@@ -87,17 +86,14 @@ class Runtime:
     def decode(self, files: Sequence[tuple[str, bytes]]) -> list[DecodedUpload]:
         """Decodes every upload or raises the error of the first bad one.
 
-        JPEGs are downscaled while decoding to no less than the active model's input size,
-        and each image is resized to that input in the same task."""
-        config = self.snapshot.embedder.config
-        input_size = config.input_size
+        Each image becomes the active model's input in the same task
+        (:func:`model.preprocessing.decode_prepared`)."""
+        input_size = self.snapshot.embedder.config.input_size
 
         def one(item: tuple[str, bytes]) -> DecodedUpload:
             name, data = item
             try:
-                image, fmt = decode_with_format(
-                    data, max_pixels=self.max_pixels, target_size=input_size
-                )
+                pixels, fmt = decode_prepared(data, input_size, max_pixels=self.max_pixels)
             except ImageDecodeError as exc:
                 message = f"{name or 'upload'}: {exc}"
                 if exc.reason == "unsupported":
@@ -105,7 +101,7 @@ class Runtime:
                 if exc.reason == "too_large":
                     raise PayloadTooLarge(message) from exc
                 raise BadRequest(message) from exc
-            return DecodedUpload(name, data, image, fmt, prepare(image, config))
+            return DecodedUpload(name, data, fmt, pixels)
 
         return [one(item) for item in files]
 
@@ -117,13 +113,17 @@ class Runtime:
 
     def embed_uploads(self, embedder: Embedder, uploads: Sequence[DecodedUpload]) -> np.ndarray:
         """The uploads' vectors, from the pixels prepared while decoding (or, for a model of
-        another input size, from the decoded images)."""
-        size = embedder.config.input_size
-        if any(upload.pixels.shape[-1] != size for upload in uploads):
-            return self.embed_images(embedder, [upload.image for upload in uploads])
+        another input size, decoded again at that size)."""
         if not uploads:
             return np.zeros((0, embedder.dim), dtype=np.float32)
-        return self.embed_tensors(embedder, torch.stack([upload.pixels for upload in uploads]))
+        size = embedder.config.input_size
+        pixels = [
+            upload.pixels
+            if upload.pixels.shape[-1] == size
+            else decode_prepared(upload.data, size, max_pixels=self.max_pixels)[0]
+            for upload in uploads
+        ]
+        return self.embed_tensors(embedder, torch.stack(pixels))
 
     def embed_tensors(self, embedder: Embedder, batch: torch.Tensor) -> np.ndarray:
         return self._batcher.embed(embedder, batch)

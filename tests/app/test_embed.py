@@ -6,9 +6,11 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.api.vectors import prefers_npy
+from app.services.runtime import DecodedUpload
 from tests.app.conftest import cifar_upload
 
 
@@ -59,3 +61,15 @@ def test_npy_answer_holds_the_json_answers_vectors(client: TestClient) -> None:
 )
 def test_accept_header_negotiation(accept: str | None, npy: bool) -> None:
     assert prefers_npy(accept) is npy
+
+
+def test_an_upload_prepared_for_another_input_size_is_decoded_again(client: TestClient) -> None:
+    """A model activated between decoding and embedding takes another input size: the
+    upload's bytes are decoded again for it."""
+    runtime = client.app.state.services.runtime  # type: ignore[attr-defined]
+    ((name, (_, data, _)),) = cifar_upload("cat", 0, 1)
+    (upload,) = runtime.decode([(name, data)])
+    stale = DecodedUpload(name, data, "JPEG", torch.zeros((3, 16, 16), dtype=torch.uint8))
+    embedder = runtime.snapshot.embedder
+    expected = runtime.embed_uploads(embedder, [upload])
+    np.testing.assert_array_equal(runtime.embed_uploads(embedder, [stale]), expected)

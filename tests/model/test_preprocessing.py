@@ -6,18 +6,20 @@ import pytest
 import torch
 from PIL import Image
 
+import model.preprocessing
 from model.config import ModelConfig
 from model.preprocessing import (
     ImageDecodeError,
     build_augmentation,
     decode_image,
+    decode_prepared,
     decode_with_format,
     normalize,
     pad_crop_flip,
     prepare,
     to_square_tensor,
 )
-from tests.conftest import image_bytes
+from tests.conftest import CIFAR, image_bytes
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "AVIF", "HEIF"])
@@ -162,3 +164,61 @@ def test_downscaling_is_antialiased() -> None:
     small = to_square_tensor(decode_image(buffer.getvalue(), target_size=32), 32).float()
     assert small.mean().item() == pytest.approx(127.5, abs=3)
     assert small.std().item() < 3
+
+
+def through_pillow(data: bytes, size: int) -> torch.Tensor:
+    return to_square_tensor(decode_image(data, target_size=size), size)
+
+
+def test_thumbnail_jpegs_skip_pillow_with_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [p.read_bytes() for c in sorted(CIFAR.iterdir()) for p in sorted(c.iterdir())[:20]]
+    expected = [through_pillow(data, 32) for data in files]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("went through Pillow")
+
+    monkeypatch.setattr(model.preprocessing, "decode_with_format", refuse)
+    for data, pixels in zip(files, expected, strict=True):
+        prepared, detected = decode_prepared(data, 32)
+        assert torch.equal(prepared, pixels) and detected == "JPEG"
+
+
+def square_jpeg(**save: object) -> bytes:
+    """A 32x32 JPEG with detail in it (a real CIFAR image, re-encoded with ``save``)."""
+    image = Image.open(sorted((CIFAR / "cat").iterdir())[0])
+    buffer = io.BytesIO()
+    image.convert(str(save.pop("mode", "RGB"))).save(buffer, format="JPEG", **save)
+    return buffer.getvalue()
+
+
+ROTATED = Image.Exif()
+ROTATED[0x0112] = 6  # rotate 90 degrees clockwise
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        square_jpeg(progressive=True, quality=80),
+        square_jpeg(subsampling=0, quality=95),
+        square_jpeg(mode="L"),
+        square_jpeg(mode="CMYK"),
+        square_jpeg(exif=ROTATED.tobytes()),
+        image_bytes("JPEG", size=(40, 30)),
+        image_bytes("PNG", size=(32, 32)),
+    ],
+    ids=["progressive", "4:4:4", "grey", "CMYK", "EXIF-rotated", "not square", "PNG"],
+)
+def test_decode_prepared_gives_pillows_pixels(data: bytes) -> None:
+    assert torch.equal(decode_prepared(data, 32)[0], through_pillow(data, 32))
+    assert decode_prepared(data, 32)[1] == decode_with_format(data)[1]
+
+
+def test_decode_prepared_keeps_pillows_errors() -> None:
+    data = square_jpeg()
+    for broken in (data[: len(data) // 2], data[: len(data) // 2] + b"\xff\xd9"):
+        with pytest.raises(ImageDecodeError) as raised:
+            decode_prepared(broken, 32)
+        assert raised.value.reason == "corrupt"
+    with pytest.raises(ImageDecodeError, match="pixels") as too_large:
+        decode_prepared(image_bytes("JPEG", size=(40, 40)), 32, max_pixels=100)
+    assert too_large.value.reason == "too_large"
