@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from model.config import ModelConfig
+from model.config import IMAGENET_MEAN, ModelConfig
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "AVIF", "HEIF")
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -220,10 +220,14 @@ def build_augmentation(size: int, strength: str = "strong") -> BatchAugmentation
     quickly and teaches the invariances a near-duplicate search needs;
     ``light``: crops of 70-100 % and flips only;
     ``crop``: the classic CIFAR recipe, reflect-pad by 4 px, random crop and flip, done on the
-    whole batch at once (the fastest, for long pre-training).
+    whole batch at once (the fastest, for long pre-training);
+    ``cutout``: ``crop``, then :func:`cut_out` hides a square of half the image's side (also
+    batched), a regulariser for pre-training that ends up fitting its training images.
     """
     if strength == "crop":
         return pad_crop_flip
+    if strength == "cutout":
+        return lambda batch: cut_out(pad_crop_flip(batch), size // 2)
     if strength == "light":
         steps: list[v2.Transform] = [
             v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),
@@ -245,6 +249,20 @@ def build_augmentation(size: int, strength: str = "strong") -> BatchAugmentation
         return torch.stack([pipeline(image) for image in batch])
 
     return per_image
+
+
+def cut_out(batch: torch.Tensor, side: int) -> torch.Tensor:
+    """Cutout (DeVries and Taylor, 2017): a ``side`` x ``side`` square around a random centre
+    of each image, clipped at the borders, is set to the ImageNet mean colour, which the
+    normalisation turns into zeros."""
+    n, _, height, width = batch.shape
+    rows = torch.arange(height).view(1, height, 1)
+    cols = torch.arange(width).view(1, 1, width)
+    top = torch.randint(0, height, (n, 1, 1)) - side // 2
+    left = torch.randint(0, width, (n, 1, 1)) - side // 2
+    hidden = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    mean = torch.tensor([round(255 * m) for m in IMAGENET_MEAN], dtype=batch.dtype)
+    return torch.where(hidden.unsqueeze(1), mean.view(1, 3, 1, 1), batch)
 
 
 def pad_crop_flip(batch: torch.Tensor, padding: int = 4) -> torch.Tensor:

@@ -18,7 +18,7 @@ from model.mining import Strategy
 LossKind = Literal["metric", "normsoftmax", "both"]
 Optimizer = Literal["adamw", "sgd"]
 Schedule = Literal["cosine", "linear"]
-Augmentation = Literal["strong", "light", "crop"]
+Augmentation = Literal["strong", "light", "crop", "cutout"]
 Device = Literal["cpu", "cuda"]
 MiningScope = Literal["global", "local"]
 
@@ -122,7 +122,10 @@ class TrainRecipe(BaseModel):
     )
     augmentation: Augmentation = Field(
         default="strong",
-        description="strong: crops, flips, colour; light: mild crops, flips; crop: pad-crop, flips",
+        description=(
+            "strong: crops, flips, colour; light: mild crops, flips; crop: pad-crop, flips; "
+            "cutout: crop, then a hidden square of half the side"
+        ),
     )
     oversample: dict[str, float] = Field(
         default_factory=dict,

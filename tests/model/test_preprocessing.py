@@ -11,6 +11,7 @@ from model.config import ModelConfig
 from model.preprocessing import (
     ImageDecodeError,
     build_augmentation,
+    cut_out,
     decode_image,
     decode_prepared,
     decode_with_format,
@@ -123,7 +124,7 @@ def test_square_tensor_and_normalisation() -> None:
     assert batch[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-4)
 
 
-@pytest.mark.parametrize("strength", ["strong", "light", "crop"])
+@pytest.mark.parametrize("strength", ["strong", "light", "crop", "cutout"])
 def test_augmentation_keeps_shape_and_type(strength: str) -> None:
     batch = torch.randint(0, 255, (5, 3, 32, 32), dtype=torch.uint8)
     out = build_augmentation(32, strength)(batch)
@@ -222,3 +223,16 @@ def test_decode_prepared_keeps_pillows_errors() -> None:
     with pytest.raises(ImageDecodeError, match="pixels") as too_large:
         decode_prepared(image_bytes("JPEG", size=(40, 40)), 32, max_pixels=100)
     assert too_large.value.reason == "too_large"
+
+
+def test_cut_out_hides_one_clipped_square_per_image() -> None:
+    torch.manual_seed(0)
+    out = cut_out(torch.zeros((64, 3, 8, 8), dtype=torch.uint8), 4)
+    hidden = out[:, 0] != 0  # the mean colour (124, 116, 104) has no zero channel
+    assert torch.equal(out[:, 0][hidden].unique(), torch.tensor([124], dtype=torch.uint8))
+    assert torch.equal(out[:, 1] != 0, hidden) and torch.equal(out[:, 2] != 0, hidden)
+    counts = hidden.sum(dim=(1, 2))
+    rows, cols = hidden.any(dim=2).sum(dim=1), hidden.any(dim=1).sum(dim=1)
+    assert torch.equal(counts, rows * cols)  # a rectangle: the square, clipped at the borders
+    assert int(counts.max()) == 16 and int(counts.min()) >= 4  # 4x4 inside; at least 2x2
+    assert bool((counts < 16).any())  # some squares reach past a border
