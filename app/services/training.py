@@ -364,13 +364,17 @@ class TrainingJobs:
                 int8 = {k: v for k, v in event.items() if k != "event"}
         code = process.wait()
         try:
-            self._finish(job_id, code, job_dir, options, {**metrics, "int8": int8}, baseline)
+            outcome = self._finish(
+                job_id, code, job_dir, options, {**metrics, "int8": int8}, baseline
+            )
         except Exception as exc:  # the job records any failure; the server carries on
             log.exception("training job %s failed while finishing", job_id)
-            self.db.update_job(job_id, status="failed", error=str(exc))
+            outcome = {"status": "failed", "error": str(exc)}
         finally:
             shutil.rmtree(job_dir / "dataset", ignore_errors=True)
             self._release()
+        # only now does the job read as finished: a client that sees it can start the next
+        self.db.update_job(job_id, **outcome)
 
     def _finish(
         self,
@@ -380,14 +384,14 @@ class TrainingJobs:
         options: dict[str, Any],
         metrics: dict[str, Any],
         baseline: dict[str, Any],
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Registers (and may activate) a finished job's model; returns the job's final
+        status fields, which the caller records once the job's slot is free."""
         if code == EXIT_CANCELLED or (code != 0 and self._cancel_requested):
-            self.db.update_job(job_id, status="cancelled")
-            return
+            return {"status": "cancelled"}
         if code != 0:
             log_tail = (job_dir / "worker.log").read_text(errors="replace")[-2000:]
-            self.db.update_job(job_id, status="failed", error=f"worker exited {code}: {log_tail}")
-            return
+            return {"status": "failed", "error": f"worker exited {code}: {log_tail}"}
         # a cancel that came after the worker finished is too late: the model is kept
         card = self.models.register(job_dir / "model", f"job:{job_id}")
         shutil.rmtree(job_dir / "model", ignore_errors=True)  # register keeps its own copy
@@ -398,4 +402,4 @@ class TrainingJobs:
         if policy == "always" or (policy == "if_better" and beats_active(baseline)):
             self.models.activate(card.version)
             activated = True
-        self.db.update_job(job_id, status="succeeded", activated=int(activated))
+        return {"status": "succeeded", "activated": int(activated)}

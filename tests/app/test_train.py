@@ -124,9 +124,9 @@ def test_a_cancel_after_the_worker_finished_keeps_the_model(
     options = {"epochs": 1, "activate": "never", "dataset": {"source": "items"}}
     jobs.db.add_job("late-cancel", options)
     jobs._cancel_requested = True
-    jobs._finish("late-cancel", 0, job_dir, options, {"val_precision_at_1": 0.9}, {})
-    job = client.get("/train/late-cancel").json()
-    assert job["status"] == "succeeded" and job["model_version"] is not None
+    outcome = jobs._finish("late-cancel", 0, job_dir, options, {"val_precision_at_1": 0.9}, {})
+    assert outcome == {"status": "succeeded", "activated": 0}
+    assert client.get("/train/late-cancel").json()["model_version"] is not None
     assert not (job_dir / "model").exists()
 
 
