@@ -22,7 +22,7 @@ from model.backends import BACKENDS, bf16_native
 from model.checkpoint import write_card
 from model.data import discover, load, split
 from model.embedding import Embedder
-from model.preprocessing import ImageDecodeError, load_image_file
+from model.preprocessing import ImageDecodeError, decode_prepared
 from model.quantization import IR_FILES, MANIFEST_FILE
 from model.recipe import TrainRecipe
 from model.report import (
@@ -367,12 +367,12 @@ def run_embed(args: argparse.Namespace) -> int:
     status = 0
     for path in args.images:
         try:
-            image = load_image_file(path, target_size=embedder.config.input_size)
+            pixels = decode_prepared(path.read_bytes(), embedder.config.input_size)[0]
         except (ImageDecodeError, OSError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             status = 1
             continue
-        vector = embedder.embed_images([image])[0]
+        vector = embedder.embed_tensors(pixels[None])[0]
         print(json.dumps({"file": str(path), "vector": [round(float(x), 6) for x in vector]}))
     return status
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from model.backends import BackendChoice, select_backend
 from model.checkpoint import ModelCard, load_model
 from model.config import ModelConfig
 from model.network import EmbeddingNet
-from model.preprocessing import prepare
 from model.quantization import MANIFEST_FILE, Int8Model, QuantizationError, probe_images
 
 log = logging.getLogger(__name__)
@@ -99,8 +96,3 @@ class Embedder:
         vectors = vectors + self._forward(batch.flip(-1))
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_tensors(torch.stack([prepare(im, self.config) for im in images]))

@@ -192,11 +192,6 @@ def _decode_jpeg(data: bytes) -> torch.Tensor | None:
         return None
 
 
-def prepare(image: Image.Image, config: ModelConfig) -> torch.Tensor:
-    """The serving path: a decoded image to a ``uint8`` tensor at the model's input size."""
-    return to_square_tensor(image, config.input_size)
-
-
 def normalize(batch: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """``uint8`` batch ``(N, 3, S, S)`` to the float input the network expects."""
     mean = torch.tensor(config.mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from app.errors import BadRequest, Conflict, NotFound, NotReady, ServiceError
 from app.services.catalog import Catalog
 from app.services.idempotency import replay_if_done
@@ -33,7 +35,7 @@ from app.store.index import VectorIndex
 from model.backends import BackendChoice
 from model.checkpoint import CheckpointError, ModelCard, load_model, read_card
 from model.embedding import Embedder
-from model.preprocessing import ImageDecodeError, decode_image
+from model.preprocessing import ImageDecodeError, decode_prepared
 
 log = logging.getLogger(__name__)
 
@@ -328,17 +330,18 @@ class ModelService:
         self.progress["total"] += len(missing)
         for start in range(0, len(missing), REEMBED_BATCH):
             chunk = missing[start : start + REEMBED_BATCH]
-            images, ids = [], []
+            pixels, ids = [], []
             for item in chunk:
                 try:
                     data = self.images.read(item.image_hash, item.image_ext)
-                    images.append(decode_image(data, target_size=embedder.config.input_size))
+                    pixels.append(decode_prepared(data, embedder.config.input_size)[0])
                 except (OSError, ImageDecodeError) as exc:
                     log.error("item %d: stored image unreadable (%s); skipped", item.id, exc)
                     unreadable.append(item.id)
                     continue
                 ids.append(item.id)
-            if images:
-                self.db.put_vectors(version, ids, self.runtime.embed_images(embedder, images))
+            if pixels:
+                vectors = self.runtime.embed_tensors(embedder, torch.stack(pixels))
+                self.db.put_vectors(version, ids, vectors)
             self.progress["reembedded"] += len(ids)
         return unreadable

@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from app.errors import BadRequest, NotReady, PayloadTooLarge, UnsupportedMedia
 from app.services.batching import InferenceBatcher
 from app.store.index import Index, IndexPolicy
 from model.checkpoint import ModelCard
 from model.embedding import Embedder
-from model.preprocessing import ImageDecodeError, decode_prepared, prepare
+from model.preprocessing import ImageDecodeError, decode_prepared
 
 
 @dataclass(frozen=True)
@@ -104,12 +103,6 @@ class Runtime:
             return DecodedUpload(name, data, fmt, pixels)
 
         return [one(item) for item in files]
-
-    def embed_images(self, embedder: Embedder, images: Sequence[Image.Image]) -> np.ndarray:
-        tensors = [prepare(image, embedder.config) for image in images]
-        if not tensors:
-            return np.zeros((0, embedder.dim), dtype=np.float32)
-        return self.embed_tensors(embedder, torch.stack(tensors))
 
     def embed_uploads(self, embedder: Embedder, uploads: Sequence[DecodedUpload]) -> np.ndarray:
         """The uploads' vectors, from the pixels prepared while decoding (or, for a model of

@@ -17,7 +17,6 @@ from model.preprocessing import (
     decode_with_format,
     normalize,
     pad_crop_flip,
-    prepare,
     to_square_tensor,
 )
 from tests.conftest import CIFAR, image_bytes
@@ -119,7 +118,7 @@ def test_square_tensor_and_normalisation() -> None:
     config = ModelConfig(input_size=32)
     tensor = to_square_tensor(Image.new("RGB", (64, 48), (255, 0, 0)), 32)
     assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.uint8
-    assert prepare(Image.new("RGB", (1, 1)), config).shape == (3, 32, 32)
+    assert to_square_tensor(Image.new("RGB", (1, 1)), 32).shape == (3, 32, 32)
     batch = normalize(tensor[None], config)
     assert batch[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, abs=1e-4)
 
