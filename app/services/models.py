@@ -334,7 +334,9 @@ class ModelService:
             for item in chunk:
                 try:
                     data = self.images.read(item.image_hash, item.image_ext)
-                    pixels.append(decode_prepared(data, embedder.config.input_size)[0])
+                    size = embedder.config.input_size
+                    decoded = decode_prepared(data, size, max_pixels=self.runtime.max_pixels)
+                    pixels.append(decoded[0])
                 except (OSError, ImageDecodeError) as exc:
                     log.error("item %d: stored image unreadable (%s); skipped", item.id, exc)
                     unreadable.append(item.id)

@@ -1,3 +1,4 @@
+import io
 import os
 import threading
 import time
@@ -7,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.main import create_app
 from model.checkpoint import save_model
 from model.config import ModelConfig
 from model.network import EmbeddingNet
+from model.preprocessing import DEFAULT_MAX_PIXELS
 from tests.app.conftest import add, cifar_upload, make_settings
 
 
@@ -228,6 +231,23 @@ def test_unreadable_stored_images_are_reported_not_counted(
     assert result["reembedded"] == 2
     assert result["unreadable_items"] == 1 and result["unreadable_ids"] == [ids[1]]
     assert client.get("/models").json()["last_activation"]["unreadable_ids"] == [ids[1]]
+
+
+def test_re_embedding_honours_the_configured_pixel_limit(tmp_path: Path) -> None:
+    """An image that the configured limit admitted at upload, though it is over the default
+    limit, is re-embedded at the next model switch rather than skipped as unreadable."""
+    side = 6_500  # 42.25 MP: over the default 40 MP limit, under this service's 45 MP
+    assert side * side > DEFAULT_MAX_PIXELS
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 150)).save(buffer, format="PNG")
+    settings = make_settings(tmp_path / "data", max_image_pixels=45_000_000)
+    with TestClient(create_app(settings)) as client:
+        upload = ("files", ("large.png", buffer.getvalue(), "image/png"))
+        added = client.post("/items", files=[upload], data={"labels": "cat"})
+        assert added.status_code == 201, added.text
+        second = register_second_model(client, tmp_path)
+        result = client.post(f"/models/{second}/activate", params={"wait": True}).json()
+        assert result["reembedded"] == 1 and result["unreadable_items"] == 0
 
 
 def test_a_retried_activation_gets_its_first_answer(client: TestClient, tmp_path: Path) -> None:
