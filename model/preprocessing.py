@@ -214,15 +214,16 @@ def build_augmentation(size: int, strength: str = "strong") -> BatchAugmentation
     and JPEG re-encoding, which suits small inputs where a pad-and-crop alone overfits
     quickly and teaches the invariances a near-duplicate search needs;
     ``light``: crops of 70-100 % and flips only;
-    ``crop``: the classic CIFAR recipe, reflect-pad by 4 px, random crop and flip, done on the
-    whole batch at once (the fastest, for long pre-training);
+    ``crop``: the classic CIFAR recipe, reflect-pad by an eighth of the side (4 px at 32 px),
+    random crop and flip, done on the whole batch at once (the fastest, for long pre-training);
     ``cutout``: ``crop``, then :func:`cut_out` hides a square of half the image's side (also
     batched), a regulariser for pre-training that ends up fitting its training images.
     """
+    padding = max(1, size // 8)
     if strength == "crop":
-        return pad_crop_flip
+        return lambda batch: pad_crop_flip(batch, padding)
     if strength == "cutout":
-        return lambda batch: cut_out(pad_crop_flip(batch), size // 2)
+        return lambda batch: cut_out(pad_crop_flip(batch, padding), size // 2)
     if strength == "light":
         steps: list[v2.Transform] = [
             v2.RandomResizedCrop(size, scale=(0.7, 1.0), antialias=True),

@@ -131,6 +131,16 @@ def test_augmentation_keeps_shape_and_type(strength: str) -> None:
     assert not torch.equal(out, batch)
 
 
+@pytest.mark.parametrize("size", [32, 64])
+def test_crop_augmentation_shifts_by_an_eighth_of_the_side(size: int) -> None:
+    """Each pixel holds its row number, so the first row of a crop tells how far it was
+    shifted: reflect padding by ``size // 8`` puts row ``size // 8`` there at the extremes."""
+    rows = torch.arange(size, dtype=torch.uint8).view(1, 1, size, 1)
+    batch = rows.expand(400, 3, size, size).contiguous()
+    out = build_augmentation(size, "crop")(batch)
+    assert out[:, 0, 0, 0].max().item() == size // 8
+
+
 def test_pad_crop_flip_takes_shifted_or_mirrored_crops() -> None:
     batch = torch.randint(0, 255, (64, 3, 8, 8), dtype=torch.uint8)
     unpadded = pad_crop_flip(batch, padding=0)
