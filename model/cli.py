@@ -31,7 +31,7 @@ from model.report import (
     plot_projection,
     plot_training_curve,
 )
-from model.training import check_device, evaluate, train
+from model.training import check_device, check_init_from, evaluate, train
 
 
 def _classes(value: str | None) -> list[str] | None:
@@ -193,6 +193,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         recipe = recipe_from_args(args)
         check_device(recipe)
+        check_init_from(recipe)
     except ValueError as exc:  # pydantic's ValidationError is one too
         print(f"invalid recipe: {exc}", file=sys.stderr)
         return 2

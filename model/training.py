@@ -427,6 +427,23 @@ def check_device(recipe: TrainRecipe, processes: Processes | None = None) -> Non
         raise ValueError("device cuda trains in one process, not under torchrun")
 
 
+def check_init_from(recipe: TrainRecipe) -> None:
+    """Raises ``ValueError`` when a fine-tuning recipe names another network shape than the
+    model it starts from. The weights fix the stem and the embedding size, and the images
+    must be prepared at the size the model will serve at; a recipe that disagreed would train
+    on images of one size a model whose card says another."""
+    if not recipe.init_from:
+        return
+    start = read_card(Path(recipe.init_from)).config
+    for name in ("stem", "input_size", "embedding_dim"):
+        wanted, actual = getattr(recipe, name), getattr(start, name)
+        if wanted != actual:
+            raise ValueError(
+                f"{name} is {wanted!r}, but the model in init_from has {actual!r}: "
+                "a fine-tuning recipe keeps its starting model's network"
+            )
+
+
 @dataclass
 class TrainingSetup:
     """The parts a run's steps use, built from its recipe. :func:`train` and
@@ -516,6 +533,7 @@ def train(
     """
     processes = processes or Processes()
     check_device(recipe, processes)
+    check_init_from(recipe)
     emit = (on_event or (lambda event: None)) if processes.main else (lambda event: None)
     torch.manual_seed(recipe.seed)
     data = datasets or prepare_data(recipe)
