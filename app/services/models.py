@@ -328,13 +328,13 @@ class ModelService:
         missing = self.db.items_missing_vectors(version)
         unreadable: list[int] = []
         self.progress["total"] += len(missing)
+        size = embedder.config.input_size
         for start in range(0, len(missing), REEMBED_BATCH):
             chunk = missing[start : start + REEMBED_BATCH]
             pixels, ids = [], []
             for item in chunk:
                 try:
                     data = self.images.read(item.image_hash, item.image_ext)
-                    size = embedder.config.input_size
                     decoded = decode_prepared(data, size, max_pixels=self.runtime.max_pixels)
                     pixels.append(decoded[0])
                 except (OSError, ImageDecodeError) as exc:
