@@ -19,10 +19,10 @@ from tests.conftest import DEFAULT_MODEL
 @pytest.fixture(scope="module")
 def real_vectors(cifar: Path) -> np.ndarray:
     """Embeddings of 3,000 real CIFAR-10 images (all ten classes) by the shipped model."""
-    images = load(
-        discover([cifar], max_per_class=300, seed=3), 32, sorted(p.name for p in cifar.iterdir())
-    )
-    return Embedder.from_dir(DEFAULT_MODEL).embed_tensors(images.images)
+    embedder = Embedder.from_dir(DEFAULT_MODEL)
+    samples = discover([cifar], max_per_class=300, seed=3)
+    images = load(samples, embedder.config.input_size, sorted(p.name for p in cifar.iterdir()))
+    return embedder.embed_tensors(images.images)
 
 
 def recall_at_10(exact: VectorIndex, approx: VectorIndex, queries: np.ndarray) -> float:

@@ -30,7 +30,7 @@ def register_second_model(client: TestClient, tmp_path: Path) -> str:
 def test_active_model_description(client: TestClient) -> None:
     body = client.get("/model").json()
     assert body["backbone"] == "resnet18" and body["model_type"] == "triplet"
-    assert body["embedding_dim"] == 128 and body["input_size"] == 32
+    assert body["embedding_dim"] == 128 and body["input_size"] == 64
     assert "val_precision_at_1" in body["metrics"]
     versions = client.get("/models").json()
     assert [m["active"] for m in versions["models"]] == [True]

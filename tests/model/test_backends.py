@@ -21,7 +21,7 @@ from model.backends import (
     candidate_backends,
     select_backend,
 )
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_card
 from model.config import ModelConfig
 from model.data import discover, load
 from model.embedding import Embedder
@@ -33,7 +33,7 @@ from tests.conftest import DEFAULT_MODEL
 @pytest.fixture(scope="module")
 def real_images(cifar: Path, photos: Path) -> torch.Tensor:
     samples = discover([cifar, photos], ["cat", "bird"], max_per_class=24, seed=3)
-    return load(samples, 32, ["bird", "cat"]).images
+    return load(samples, read_card(DEFAULT_MODEL).config.input_size, ["bird", "cat"]).images
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,8 @@ def test_an_int8_model_for_other_weights_is_ignored(tmp_path: Path) -> None:
 
 def test_images_of_the_wrong_size_are_refused() -> None:
     embedder = Embedder.from_dir(DEFAULT_MODEL, "torch-fp32")
-    with pytest.raises(ValueError, match="64x64 px, the model takes 32x32"):
-        embedder.embed_tensors(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="32x32 px, the model takes 64x64"):
+        embedder.embed_tensors(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
 def test_the_fp32_reference_is_computed_once_per_weights_and_probe(

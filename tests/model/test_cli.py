@@ -61,14 +61,14 @@ def test_training_on_a_gpu_the_machine_lacks_is_refused_at_once(
 def test_fine_tuning_with_another_network_shape_is_refused_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The default model is 32 px with the ``stride2`` stem: a recipe that starts from it
+    """The default model is 64 px with the ``imagenet`` stem: a recipe that starts from it
     must say the same, or its images would be prepared at another size than it serves."""
     missing = tmp_path / "no-such-folder"  # refused before the data is looked at
     start = ["train", "--data", str(missing), "--init-from", str(DEFAULT_MODEL)]
     out = ["--out", str(tmp_path / "m")]
-    assert main([*start, "--input-size", "64", *out]) == 2
+    assert main([*start, "--stem", "imagenet", *out]) == 2  # the recipe's default size, 32
     err = capsys.readouterr().err
-    assert "input_size is 64, but the model in init_from has 32" in err
-    assert main([*start, "--stem", "imagenet", *out]) == 2
-    assert "stem is 'imagenet', but the model in init_from has 'stride2'" in capsys.readouterr().err
+    assert "input_size is 32, but the model in init_from has 64" in err
+    assert main([*start, "--input-size", "64", *out]) == 2  # the recipe's default stem
+    assert "stem is 'stride2', but the model in init_from has 'imagenet'" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

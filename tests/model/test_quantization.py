@@ -41,7 +41,8 @@ def test_shipped_int8_model_keeps_fp32_quality_on_the_validation_split(
     assert int8.passes
 
     train, val, names = held_out_split([cifar, photos], ["cat", "bird"], 0.1, 0)
-    queries, gallery = load(val, 32, names), load(train, 32, names)
+    size = card.config.input_size
+    queries, gallery = load(val, size, names), load(train, size, names)
     assert len(queries) == int8.quality["queries"] == card.metrics["val_queries"]
     fp32 = evaluate(Embedder.from_dir(DEFAULT_MODEL, "torch-fp32"), queries, gallery)
     int8_metrics = evaluate(Embedder.from_dir(DEFAULT_MODEL, "openvino-int8"), queries, gallery)
