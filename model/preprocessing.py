@@ -135,18 +135,67 @@ def decode_prepared(
     detected format: the pixels of ``to_square_tensor(decode_image(data, target_size=size),
     size)``, and the same errors.
 
-    A JPEG that is already ``size`` x ``size`` and holds nothing that Pillow would act on
-    (no EXIF orientation, no second picture, no Adobe colour transform) needs no resizing, so
-    libjpeg-turbo's output through torchvision is the answer. That takes about 27 µs for a
-    32x32 image against 100 µs through Pillow, whose per-image Python work dominates at this
-    size; both run the same libjpeg-turbo decoder, and the tests hold them to identical
-    pixels. Anything else, and any JPEG that torchvision refuses, goes through Pillow."""
-    if size * size <= max_pixels and _plain_jpeg_side(data) == size:
+    A square JPEG no larger than ``size`` that holds nothing Pillow would act on (no EXIF
+    orientation, no second picture, no Adobe colour transform) is decoded by libjpeg-turbo
+    through torchvision and, when smaller, enlarged by :func:`enlarge_like_pillow`. That takes
+    about 27 µs for a 32x32 image against 100 µs through Pillow, whose per-image Python work
+    dominates at this size (and 150 µs with Pillow enlarging it to 64x64); both run the same
+    libjpeg-turbo decoder, and the tests hold the two paths to identical pixels. Anything
+    else, and any JPEG that torchvision refuses, goes through Pillow."""
+    side = _plain_jpeg_side(data)
+    if side is not None and side <= size and side * side <= max_pixels:
         pixels = _decode_jpeg(data)
-        if pixels is not None and pixels.shape == (3, size, size):
-            return pixels, "JPEG"
+        if pixels is not None and pixels.shape == (3, side, side):
+            return (pixels if side == size else enlarge_like_pillow(pixels, size)), "JPEG"
     image, image_format = decode_with_format(data, max_pixels=max_pixels, target_size=size)
     return to_square_tensor(image, size), image_format
+
+
+_PILLOW_PRECISION_BITS = 22  # Pillow's fixed-point coefficients for 8-bit images: 32 - 8 - 2
+
+
+@functools.lru_cache(maxsize=8)
+def _pillow_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """``(in_size, out_size)`` float64 matrix of the integer coefficients Pillow's bilinear
+    filter uses to enlarge ``in_size`` pixels to ``out_size`` (its ``precompute_coeffs`` and
+    ``normalize_coeffs_8bpc``: support 1 when enlarging, weights normalised per output pixel,
+    then rounded to 22-bit fixed point)."""
+    scale = in_size / out_size
+    weights = np.zeros((in_size, out_size), dtype=np.float64)
+    for out in range(out_size):
+        center = (out + 0.5) * scale
+        first = max(0, int(center - 1.0 + 0.5))
+        end = min(in_size, int(center + 1.0 + 0.5))
+        taps = [max(0.0, 1.0 - abs(x - center + 0.5)) for x in range(first, end)]
+        total = sum(taps)
+        for x, tap in zip(range(first, end), taps, strict=True):
+            normalised = tap / total if total != 0.0 else tap
+            weights[x, out] = int(0.5 + normalised * (1 << _PILLOW_PRECISION_BITS))
+    return weights
+
+
+def _to_eight_bit(accumulated: np.ndarray) -> np.ndarray:
+    """Pillow's rounding of fixed-point sums back to 0-255, in place: add half, shift, clip.
+    Exact in float64, whose 53-bit mantissa holds every such sum (under 2^31); the weights
+    are not negative, so only the top needs clipping."""
+    accumulated += float(1 << (_PILLOW_PRECISION_BITS - 1))
+    accumulated *= 1.0 / (1 << _PILLOW_PRECISION_BITS)
+    np.floor(accumulated, out=accumulated)
+    return np.minimum(accumulated, 255.0, out=accumulated)
+
+
+def enlarge_like_pillow(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """A square ``uint8`` ``(3, side, side)`` image enlarged to ``(3, size, size)`` with
+    exactly the pixels of Pillow's ``resize((size, size), BILINEAR)``: a horizontal pass,
+    rounding to 8 bits, then a vertical pass, each with Pillow's integer coefficients. Two
+    matrix products, each over all rows of the three channels at once."""
+    channels, side, _ = pixels.shape
+    weights = _pillow_bilinear_weights(side, size)
+    rows = pixels.numpy().reshape(channels * side, side).astype(np.float64)
+    wide = _to_eight_bit(rows @ weights).reshape(channels, side, size)
+    columns = wide.transpose(0, 2, 1).reshape(channels * size, side)
+    tall = _to_eight_bit(columns @ weights).reshape(channels, size, size).transpose(0, 2, 1)
+    return torch.from_numpy(np.ascontiguousarray(tall, dtype=np.uint8))
 
 
 # JPEG markers a plain image consists of before its scan: JFIF (APP0), comments,

@@ -15,6 +15,7 @@ from model.preprocessing import (
     decode_image,
     decode_prepared,
     decode_with_format,
+    enlarge_like_pillow,
     normalize,
     pad_crop_flip,
     to_square_tensor,
@@ -180,17 +181,34 @@ def through_pillow(data: bytes, size: int) -> torch.Tensor:
     return to_square_tensor(decode_image(data, target_size=size), size)
 
 
-def test_thumbnail_jpegs_skip_pillow_with_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("size", [32, 64, 48])
+def test_thumbnail_jpegs_skip_pillow_with_the_same_pixels(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CIFAR-10's 32x32 JPEGs at the model's size, and enlarged to a larger one."""
     files = [p.read_bytes() for c in sorted(CIFAR.iterdir()) for p in sorted(c.iterdir())[:20]]
-    expected = [through_pillow(data, 32) for data in files]
+    expected = [through_pillow(data, size) for data in files]
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("went through Pillow")
 
     monkeypatch.setattr(model.preprocessing, "decode_with_format", refuse)
     for data, pixels in zip(files, expected, strict=True):
-        prepared, detected = decode_prepared(data, 32)
+        prepared, detected = decode_prepared(data, size)
         assert torch.equal(prepared, pixels) and detected == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("side", "size"), [(32, 64), (32, 33), (31, 64), (17, 100), (1, 5), (2, 3), (50, 224)]
+)
+def test_enlarging_gives_pillows_pixels(side: int, size: int) -> None:
+    """Pillow's bilinear enlargement, bit for bit, on noise (every rounding case shows)."""
+    noise = np.random.default_rng(side * 1000 + size).integers(0, 256, (side, side, 3), np.uint8)
+    expected = np.asarray(Image.fromarray(noise).resize((size, size), Image.Resampling.BILINEAR))
+    pixels = torch.from_numpy(noise).permute(2, 0, 1).contiguous()
+    enlarged = enlarge_like_pillow(pixels, size)
+    assert enlarged.dtype == torch.uint8 and enlarged.shape == (3, size, size)
+    assert torch.equal(enlarged.permute(1, 2, 0), torch.from_numpy(expected))
 
 
 def square_jpeg(**save: object) -> bytes:
@@ -218,9 +236,10 @@ ROTATED[0x0112] = 6  # rotate 90 degrees clockwise
     ],
     ids=["progressive", "4:4:4", "grey", "CMYK", "EXIF-rotated", "not square", "PNG"],
 )
-def test_decode_prepared_gives_pillows_pixels(data: bytes) -> None:
-    assert torch.equal(decode_prepared(data, 32)[0], through_pillow(data, 32))
-    assert decode_prepared(data, 32)[1] == decode_with_format(data)[1]
+@pytest.mark.parametrize("size", [32, 64])
+def test_decode_prepared_gives_pillows_pixels(data: bytes, size: int) -> None:
+    assert torch.equal(decode_prepared(data, size)[0], through_pillow(data, size))
+    assert decode_prepared(data, size)[1] == decode_with_format(data)[1]
 
 
 def test_decode_prepared_keeps_pillows_errors() -> None:
