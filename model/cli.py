@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from model import distributed
 from model.backends import BACKENDS, bf16_native
-from model.checkpoint import write_card
+from model.checkpoint import read_card, write_card
 from model.data import discover, load, split
 from model.embedding import Embedder
 from model.preprocessing import ImageDecodeError, decode_prepared
 from model.quantization import IR_FILES, MANIFEST_FILE
-from model.recipe import TrainRecipe
+from model.recipe import NETWORK_FIELDS, TrainRecipe
 from model.report import (
     evaluate_per_root,
     near_duplicates_per_root,
@@ -170,13 +170,23 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
                 number = [c for c in (choices or (info.annotation,)) if c in (int, float)]
                 options["type"] = number[0] if number else str
             options["default"] = info.get_default(call_default_factory=True)
+        if name in NETWORK_FIELDS:
+            options["help"] = f"default: the --init-from model's, else {options['default']}"
+            options["default"] = None
         parser.add_argument(flag, **options)
 
 
 def recipe_from_args(args: argparse.Namespace) -> TrainRecipe:
+    """The recipe the options describe. A fine-tuning run takes the network fields it does
+    not name (stem, input size, embedding size) from the model it starts from."""
+    start = read_card(args.init_from).config if args.init_from else None
     values: dict[str, Any] = {}
     for name in TrainRecipe.model_fields:
         value = getattr(args, name)
+        if name in NETWORK_FIELDS and value is None:
+            if start is None:
+                continue  # the recipe's own default
+            value = getattr(start, name)
         if isinstance(value, Path):
             value = str(value)
         elif name == "data":

@@ -47,6 +47,10 @@ TUNABLE_FIELDS = (
     "seed",
 )
 
+#: The fields a model's weights fix: a fine-tuning run (``init_from``) keeps its starting
+#: model's values.
+NETWORK_FIELDS = ("stem", "input_size", "embedding_dim")
+
 DEFAULT_MARGINS: dict[str, float] = {"siamese": 1.0, "triplet": 0.2, "quartet": 0.2}
 
 

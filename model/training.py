@@ -42,7 +42,7 @@ from model.losses import InstanceLoss, NormSoftmaxLoss, TupleLoss, build_loss
 from model.metrics import clustering_metrics, retrieval_metrics
 from model.network import EmbeddingNet, build_network
 from model.preprocessing import BatchAugmentation, build_augmentation, normalize
-from model.recipe import TrainRecipe
+from model.recipe import NETWORK_FIELDS, TrainRecipe
 from model.sampling import PKSampler
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ def check_init_from(recipe: TrainRecipe) -> None:
     if not recipe.init_from:
         return
     start = read_card(Path(recipe.init_from)).config
-    for name in ("stem", "input_size", "embedding_dim"):
+    for name in NETWORK_FIELDS:
         wanted, actual = getattr(recipe, name), getattr(start, name)
         if wanted != actual:
             raise ValueError(

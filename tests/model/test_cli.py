@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.cli import main
+from app.cli import build_parser, main
+from model.cli import recipe_from_args
 from tests.conftest import DEFAULT_MODEL
 
 
@@ -58,17 +59,30 @@ def test_training_on_a_gpu_the_machine_lacks_is_refused_at_once(
     assert not (tmp_path / "m").exists()
 
 
+def test_fine_tuning_takes_the_network_from_its_starting_model(tmp_path: Path) -> None:
+    """Without --stem, --input-size or --embedding-dim, a run that starts from the default
+    model (64 px, ``imagenet`` stem) trains that network at that size; a run from scratch
+    gets the recipe's defaults."""
+    data = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]
+    tuned = recipe_from_args(build_parser().parse_args([*data, "--init-from", str(DEFAULT_MODEL)]))
+    assert (tuned.stem, tuned.input_size, tuned.embedding_dim) == ("imagenet", 64, 128)
+    fresh = recipe_from_args(build_parser().parse_args(data))
+    assert (fresh.stem, fresh.input_size, fresh.embedding_dim) == ("stride2", 32, 128)
+
+
 def test_fine_tuning_with_another_network_shape_is_refused_at_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The default model is 64 px with the ``imagenet`` stem: a recipe that starts from it
-    must say the same, or its images would be prepared at another size than it serves."""
+    """A recipe that names another stem or input size than its starting model's is refused:
+    its images would be prepared at another size than the model serves at."""
     missing = tmp_path / "no-such-folder"  # refused before the data is looked at
     start = ["train", "--data", str(missing), "--init-from", str(DEFAULT_MODEL)]
     out = ["--out", str(tmp_path / "m")]
-    assert main([*start, "--stem", "imagenet", *out]) == 2  # the recipe's default size, 32
+    assert main([*start, "--input-size", "32", *out]) == 2
     err = capsys.readouterr().err
     assert "input_size is 32, but the model in init_from has 64" in err
-    assert main([*start, "--input-size", "64", *out]) == 2  # the recipe's default stem
+    assert main([*start, "--stem", "stride2", *out]) == 2
     assert "stem is 'stride2', but the model in init_from has 'imagenet'" in capsys.readouterr().err
+    assert main(["train", "--data", str(missing), "--init-from", str(missing), *out]) == 2
+    assert f"no model.json in {missing}" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

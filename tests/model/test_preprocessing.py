@@ -204,7 +204,7 @@ def test_thumbnail_jpegs_skip_pillow_with_the_same_pixels(
 def test_enlarging_gives_pillows_pixels(side: int, size: int) -> None:
     """Pillow's bilinear enlargement, bit for bit, on noise (every rounding case shows)."""
     noise = np.random.default_rng(side * 1000 + size).integers(0, 256, (side, side, 3), np.uint8)
-    expected = np.asarray(Image.fromarray(noise).resize((size, size), Image.Resampling.BILINEAR))
+    expected = np.array(Image.fromarray(noise).resize((size, size), Image.Resampling.BILINEAR))
     pixels = torch.from_numpy(noise).permute(2, 0, 1).contiguous()
     enlarged = enlarge_like_pillow(pixels, size)
     assert enlarged.dtype == torch.uint8 and enlarged.shape == (3, size, size)
