@@ -25,7 +25,7 @@ RECIPE = [
     "--data", str(CIFAR), "--classes", "cat,bird", "--max-per-class", "64",
     "--val-fraction", "0.3", "--batch-size", "16", "--classes-per-batch", "2",
     "--loss", "both", "--lr", "2e-4",
-    "--init-from", str(DEFAULT_MODEL), "--stem", "imagenet", "--input-size", "64", "--no-bf16",
+    "--init-from", str(DEFAULT_MODEL), "--no-bf16",
 ]  # fmt: skip
 
 
@@ -98,7 +98,8 @@ def test_two_processes_train_one_model_like_one_process(tmp_path: Path) -> None:
     assert two.returncode == 0, (tmp_path / "two.log").read_text()[-3000:]
     card = read_card(tmp_path / "two")
     assert card.metrics["processes"] == 2
-    vectors = Embedder.from_dir(tmp_path / "two").embed_tensors(torch.rand(2, 3, 64, 64))
+    size = card.config.input_size  # the starting model's
+    vectors = Embedder.from_dir(tmp_path / "two").embed_tensors(torch.rand(2, 3, size, size))
     assert vectors.shape == (2, 128)
     one_command = [sys.executable, *train_command(tmp_path / "one")]
     one_command[one_command.index("--batch-size") + 1] = "32"  # the global batch of two
