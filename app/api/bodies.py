@@ -21,11 +21,13 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 def validate(model: type[Model], data: Any) -> Model:
-    """Validates like a declared body would: errors become the usual 422."""
+    """Validates like a declared body would: errors become the usual 422, located under
+    ``body`` and without pydantic's documentation links, as FastAPI writes its own."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from exc
+        errors = exc.errors(include_url=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from exc
 
 
 class _NotJSON(ValueError):

@@ -283,8 +283,12 @@ class SearchTarget(JsonBody):
     def _exactly_one_kind(cls, data: Any) -> Any:
         if isinstance(data, dict):
             given = [name for name in ("id", "vector", "image") if name in data]
-            if len(given) != 1 or data[given[0]] is None:
-                raise ValueError("give exactly one of 'id', 'vector' and 'image', not null")
+            if not given:
+                raise ValueError("give one of 'id', 'vector' and 'image'")
+            if len(given) > 1:
+                raise ValueError(f"give only one of 'id', 'vector' and 'image', not {given}")
+            if data[given[0]] is None:
+                raise ValueError(f"'{given[0]}' must not be null")
         return data
 
 

@@ -83,6 +83,35 @@ def test_bad_queries(stocked: TestClient, body: dict, status: int) -> None:
     assert stocked.post("/search", json=body).status_code == status
 
 
+@pytest.mark.parametrize(
+    ("body", "loc", "message"),
+    [
+        ({}, ["body"], "give one of 'id', 'vector' and 'image'"),
+        ({"id": 1, "vector": [0.1]}, ["body"], "not ['id', 'vector']"),
+        ({"vector": None}, ["body"], "'vector' must not be null"),
+        ({"id": 1, "k": 0}, ["body", "k"], "greater than or equal to 1"),
+    ],
+)
+def test_query_errors_read_like_fastapis_own(
+    stocked: TestClient, body: dict, loc: list, message: str
+) -> None:
+    """The route parses its body itself; its 422s still say where, under ``body``, and
+    carry no links to pydantic's documentation, as those of a declared body do."""
+    response = stocked.post("/search", json=body)
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc and message in error["msg"] and "url" not in error
+
+
+def test_form_field_errors_are_located_under_body(stocked: TestClient) -> None:
+    response = stocked.post(
+        "/search", files={"file": cifar_upload("cat", 0, 1)[0][1]}, data={"k": "x"}
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "k"] and "url" not in error
+
+
 def test_nan_vector_is_refused(stocked: TestClient) -> None:
     raw = '{"vector": [' + ", ".join(["NaN"] * 128) + "]}"
     response = stocked.post("/search", content=raw, headers={"content-type": "application/json"})

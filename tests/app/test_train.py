@@ -173,7 +173,9 @@ def test_bad_train_parameters(client: TestClient) -> None:
         {"dataset": {"source": "s3"}},
         {"unknown": 1},
     ):
-        assert client.post("/train", json=body).status_code == 422, body
+        response = client.post("/train", json=body)
+        assert response.status_code == 422, body
+        assert all(error["loc"][0] == "body" for error in response.json()["detail"]), body
     assert client.post("/train", json={"embedding_dim": 64}).status_code == 409  # active: 128
 
 
