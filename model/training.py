@@ -427,6 +427,22 @@ def check_device(recipe: TrainRecipe, processes: Processes | None = None) -> Non
         raise ValueError("device cuda trains in one process, not under torchrun")
 
 
+def start_record(start: ModelCard) -> dict[str, Any]:
+    """What a model trained from ``start`` records of it: its version, recipe, metrics and
+    curve (the model card plots a pre-training stage from these). The start's own starting
+    model is named by version only, or each retraining of a retrained model would carry the
+    whole chain of its ancestors' records."""
+    start_metrics = dict(start.metrics)
+    if "init" in start_metrics:
+        start_metrics["init"] = {"version": start_metrics["init"]["version"]}
+    return {
+        "version": start.version,
+        "recipe": start.recipe,
+        "metrics": start_metrics,
+        "history": start.history,
+    }
+
+
 def check_init_from(recipe: TrainRecipe) -> None:
     """Raises ``ValueError`` when a fine-tuning recipe names another network shape than the
     model it starts from. The weights fix the stem and the embedding size, and the images
@@ -640,13 +656,7 @@ def train(
         metrics.update({f"val_{name}": value for name, value in final.items()})
     metrics["train_seconds"] = round(sum(h.get("seconds", 0.0) for h in history), 1)
     if recipe.init_from:
-        start = read_card(Path(recipe.init_from))
-        metrics["init"] = {
-            "version": start.version,
-            "recipe": start.recipe,
-            "metrics": start.metrics,
-            "history": start.history,
-        }
+        metrics["init"] = start_record(read_card(Path(recipe.init_from)))
     card = save_model(
         final_net.cpu(), out_dir, recipe=recipe.to_dict(), metrics=metrics, history=history
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_card
 from model.config import ModelConfig
 from model.data import discover, split
 from model.distributed import Processes
@@ -23,6 +23,7 @@ from model.training import (
     prepare_data,
     train,
 )
+from tests.conftest import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +118,35 @@ def test_resumed_training_matches_an_uninterrupted_run(cifar: Path, tmp_path: Pa
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [2]
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.content_hash == straight.content_hash
+
+
+def test_retraining_keeps_one_generation_of_its_start(cifar: Path, tmp_path: Path) -> None:
+    """A model records the model it started from (the card plots that stage's curve), but
+    names the start's own start by version only: the record of a model retrained again and
+    again stays the same size instead of carrying every ancestor."""
+    recipe = TrainRecipe(
+        data=[str(cifar)],
+        classes=["bird", "cat"],
+        max_per_class=24,
+        epochs=1,
+        batch_size=16,
+        init_from=str(DEFAULT_MODEL),
+        stem="imagenet",
+        input_size=64,
+    )
+    default = read_card(DEFAULT_MODEL)
+    child = train(recipe, tmp_path / "child")
+    grandchild = train(
+        recipe.model_copy(update={"init_from": str(tmp_path / "child")}), tmp_path / "grandchild"
+    )
+    assert child.metrics["init"]["version"] == default.version
+    assert child.metrics["init"]["history"] == default.history
+    pretraining = default.metrics["init"]["version"]
+    assert child.metrics["init"]["metrics"]["init"] == {"version": pretraining}
+    start = grandchild.metrics["init"]
+    assert start["version"] == child.version and start["history"] == child.history
+    assert start["metrics"]["init"] == {"version": default.version}
+    assert len(json.dumps(grandchild.metrics)) < len(json.dumps(child.metrics)) + 2000
 
 
 def triplet_embed(*args: str) -> str:
