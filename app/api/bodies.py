@@ -43,18 +43,51 @@ def _refuse_constant(constant: str) -> NoReturn:
 _STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
 
 
+# Deeper JSON than any request of this API needs. Nesting is refused when it is read: the
+# parser itself gives up only near 1,000 levels, and a stored value nested past about 250
+# (metadata) could no longer be written into any answer.
+MAX_JSON_DEPTH = 32
+
+
 def strict_json(raw: str | bytes) -> Any:
-    """Parses JSON as RFC 8259 defines it. Python's parser also reads ``NaN`` and
-    ``Infinity``, which no JSON answer can carry back: stored, they would break every later
-    listing, and a 422 that quotes them could not be written. The error gives the
-    constant's position, as for any other JSON error."""
+    """Parses JSON as RFC 8259 defines it, nested at most :data:`MAX_JSON_DEPTH` levels.
+    Python's parser also reads ``NaN`` and ``Infinity``, which no JSON answer can carry
+    back: stored, they would break every later listing, and a 422 that quotes them could
+    not be written. The error gives the constant's position, as for any other JSON error."""
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        value = json.loads(raw, parse_constant=_refuse_constant)
     except _NotJSON as exc:
-        text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "replace")
+        text = _text(raw)
         found = (m for m in _STRING_OR_CONSTANT.finditer(text) if m.group(1))
         position = next(found).start(1)
         raise json.JSONDecodeError(f"{exc} is not a JSON value", text, position) from None
+    except RecursionError:  # nested far too deeply for the parser
+        raise _too_deep(raw) from None
+    if nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise _too_deep(raw)
+    return value
+
+
+def _text(raw: str | bytes) -> str:
+    return raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "replace")
+
+
+def _too_deep(raw: str | bytes) -> json.JSONDecodeError:
+    return json.JSONDecodeError(f"nested more than {MAX_JSON_DEPTH} levels", _text(raw), 0)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects in ``value`` nest more than ``limit`` levels (a list of
+    numbers is one level), found without recursion."""
+    pending = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        node, depth = pending.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                if depth == limit:
+                    return True
+                pending.append((child, depth + 1))
+    return False
 
 
 class StrictJSONRequest(Request):
@@ -101,6 +134,8 @@ async def json_object(request: Request) -> dict[str, Any]:
     :class:`StrictJSONRequest`)."""
     try:
         body = await request.json() if await request.body() else None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg}") from exc
     except ValueError as exc:
         raise BadRequest("request body is not valid JSON") from exc
     if not isinstance(body, dict):

@@ -8,7 +8,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.api.bodies import StrictJSONRoute, strict_json
+from app.api.bodies import MAX_JSON_DEPTH, StrictJSONRoute, nested_deeper_than, strict_json
 from tests.app.conftest import item_count
 from tests.conftest import image_bytes
 
@@ -99,6 +99,38 @@ def test_nan_and_infinity_are_not_json(client: TestClient) -> None:
     response = client.post("/items", files=upload, data={"metadata": '{"x": NaN}'})
     assert response.status_code == 400 and "NaN is not a JSON value" in response.text
     assert item_count(client) == 0
+
+
+def nested(depth: int) -> str:
+    return '{"a": ' * (depth - 1) + "[1]" + "}" * (depth - 1)
+
+
+def test_deeply_nested_json_is_refused_wherever_it_is_read(client: TestClient) -> None:
+    """Past a few hundred levels no answer could quote or list it (stored metadata would
+    break every later listing), and near a thousand the parser itself gives up: every route
+    refuses JSON nested deeper than the limit with a 4xx, and stores nothing."""
+    assert nested(MAX_JSON_DEPTH).count("[") == 1 and not nested_deeper_than(
+        json.loads(nested(MAX_JSON_DEPTH)), MAX_JSON_DEPTH
+    )
+    json_body = {"content-type": "application/json"}
+    upload = [("files", ("a.png", image_bytes(), "image/png"))]
+    for depth in (MAX_JSON_DEPTH + 1, 300, 100_000):
+        deep = nested(depth)
+        for path in ("/search", "/embed", "/items", "/train"):
+            response = client.post(path, content=deep, headers=json_body)
+            assert response.status_code == 400, (path, depth, response.text)
+            assert f"nested more than {MAX_JSON_DEPTH} levels" in response.text
+        response = client.post("/cluster", content=deep, headers=json_body)  # FastAPI's
+        assert response.status_code == 422, response.text
+        response = client.post("/items", files=upload, data={"metadata": deep})
+        assert response.status_code == 400, response.text
+    response = client.get("/items", params={"filter": nested(MAX_JSON_DEPTH + 1)})
+    assert response.status_code == 422 and "nested more than" in response.text
+    assert item_count(client) == 0
+    metadata = json.loads(nested(MAX_JSON_DEPTH))
+    response = client.post("/items", files=upload, data={"metadata": json.dumps(metadata)})
+    assert response.status_code == 201, response.text
+    assert client.get("/items").json()["items"][0]["metadata"] == metadata
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
