@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from model.checkpoint import CheckpointError
 from model.cli import add_subcommands, configure_logging
+from model.data import DatasetError
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         configure_logging()
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except (CheckpointError, DatasetError) as exc:  # a user's mistake: no traceback
+        print(f"triplet-embed {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ class ImageSet:
         return [Sample(p, name) for p, name in zip(self.paths, self.label_names(), strict=True)]
 
 
+class DatasetError(ValueError):
+    """Folders that hold no data set to work on: missing, without the classes asked for, or
+    with fewer than two classes."""
+
+
 def discover(
     roots: Sequence[Path],
     classes: Sequence[str] | None = None,
@@ -67,7 +72,7 @@ def discover(
     by_class: dict[str, list[Path]] = defaultdict(list)
     for root in roots:
         if not root.is_dir():
-            raise FileNotFoundError(f"dataset folder not found: {root}")
+            raise DatasetError(f"dataset folder not found: {root}")
         for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
             if classes is not None and class_dir.name not in classes:
                 continue
@@ -78,9 +83,9 @@ def discover(
     if classes is not None:
         missing = [c for c in classes if not by_class.get(c)]
         if missing:
-            raise ValueError(f"no images for classes {missing} under {[str(r) for r in roots]}")
+            raise DatasetError(f"no images for classes {missing} under {[str(r) for r in roots]}")
     if len(by_class) < 2:
-        raise ValueError("training needs at least two classes with images")
+        raise DatasetError("training needs at least two classes with images")
     rng = random.Random(seed)
     samples: list[Sample] = []
     for name in sorted(by_class):

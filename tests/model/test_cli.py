@@ -86,3 +86,19 @@ def test_fine_tuning_with_another_network_shape_is_refused_at_once(
     assert main(["train", "--data", str(missing), "--init-from", str(missing), *out]) == 2
     assert f"no model.json in {missing}" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_missing_model_or_data_folder_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-folder"
+    assert main(["eval", "--model", str(missing), "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"triplet-embed eval: no model.json in {missing}"
+    assert main(["embed", "--model", str(missing), str(tmp_path / "a.jpg")]) == 2
+    assert "no model.json" in capsys.readouterr().err
+    assert main(["train", "--data", str(missing), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"triplet-embed train: dataset folder not found: {missing}"
+    (tmp_path / "cat").mkdir()
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert "training needs at least two classes with images" in capsys.readouterr().err
