@@ -381,8 +381,11 @@ def _remember(cache: Path | None, key: str, selection: Selection) -> None:
     except (OSError, ValueError):
         entries = {}
     entries[key] = selection.to_dict()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(cache, json.dumps(entries, indent=1).encode())
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, json.dumps(entries, indent=1).encode())
+    except OSError as exc:  # a cache: the next start measures again
+        log.warning("could not remember the backend measurement in %s: %s", cache, exc)
 
 
 def select_backend(

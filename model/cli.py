@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, get_args
@@ -48,8 +49,17 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=["auto", *BACKENDS],
         default="auto",
-        help="inference backend (default: the fastest this machine and model run safely)",
+        help="inference backend (default: the fastest this machine and model run safely, "
+        f"measured once and remembered in {selection_cache()})",
     )
+
+
+def selection_cache() -> Path:
+    """Where ``auto`` remembers its measurement for the commands, as the service does in its
+    data folder (by CPU, library versions and model): the user's cache folder, so that
+    embedding one image does not time five backends first."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "triplet-embed" / "backend-selection.json"
 
 
 def add_subcommands(sub: Any) -> None:
@@ -236,7 +246,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    embedder = Embedder.from_dir(args.model, args.backend, args.flip_tta)
+    embedder = Embedder.from_dir(args.model, args.backend, args.flip_tta, selection_cache())
     print(f"backend: {embedder.backend}, flip TTA: {embedder.flip_tta}", file=sys.stderr)
     config = embedder.config
     recipe = embedder.card.recipe if embedder.card else {}
@@ -374,7 +384,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    embedder = Embedder.from_dir(args.model, args.backend)
+    embedder = Embedder.from_dir(args.model, args.backend, selection_cache=selection_cache())
     status = 0
     for path in args.images:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,12 +30,19 @@ DEFAULT_MODEL = ROOT / "model" / "default"
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, two test processes share the cores: each computes on one thread
     (and so do the servers and training processes it starts), or their OpenMP threads spin
-    against each other's and every computation runs several times slower."""
+    against each other's and every computation runs several times slower. The commands'
+    backend measurements are remembered in a cache folder of the session's own, not the
+    user's."""
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="triplet-embed-tests-")
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

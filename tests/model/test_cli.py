@@ -3,15 +3,18 @@ recipe this machine cannot run is refused before any work."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import model.backends
 from app.cli import build_parser, main
-from model.cli import recipe_from_args
-from tests.conftest import DEFAULT_MODEL
+from model.cli import recipe_from_args, selection_cache
+from tests.conftest import CIFAR, DEFAULT_MODEL
 
 
 @pytest.mark.parametrize(
@@ -102,3 +105,37 @@ def test_a_missing_model_or_data_folder_is_one_line_not_a_traceback(
     (tmp_path / "cat").mkdir()
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
     assert "training needs at least two classes with images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_commands_measure_the_backends_once_per_machine(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``auto`` remembers its measurement in the user's cache folder, so the next ``embed``
+    starts without timing five backends."""
+    monkeypatch.setattr(model.backends, "_measured", {})  # as in a fresh process
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image = str(sorted((CIFAR / "cat").iterdir())[0])
+    assert main(["embed", "--model", str(DEFAULT_MODEL), image]) == 0
+    assert selection_cache() == tmp_path / "cache" / "triplet-embed" / "backend-selection.json"
+    (entry,) = json.loads(selection_cache().read_text()).values()
+    assert entry["how"] == "measured" and entry["backend"] in model.backends.BACKENDS
+    monkeypatch.setattr(model.backends, "_measured", {})
+    with caplog.at_level(logging.INFO, logger="model.backends"):
+        assert main(["embed", "--model", str(DEFAULT_MODEL), image]) == 0
+    assert f"backend {entry['backend']}, as measured before" in caplog.text
+    assert "fastest of" not in caplog.text
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["file"] == image
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_next_measurement(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("")
+    cache = tmp_path / "file" / "backend-selection.json"  # under a file: cannot be made
+    model.backends._remember(cache, "key", model.backends.Selection("torch-fp32", "measured"))
+    assert "could not remember the backend measurement" in caplog.text
+    assert model.backends._remembered(None, "key") is not None  # this process still knows
