@@ -50,15 +50,21 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
         choices=["auto", *BACKENDS],
         default="auto",
         help="inference backend (default: the fastest this machine and model run safely, "
-        f"measured once and remembered in {selection_cache()})",
+        "measured once and remembered in ~/.cache/triplet-embed)",
     )
 
 
-def selection_cache() -> Path:
+def selection_cache() -> Path | None:
     """Where ``auto`` remembers its measurement for the commands, as the service does in its
     data folder (by CPU, library versions and model): the user's cache folder, so that
-    embedding one image does not time five backends first."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    embedding one image does not time five backends first. None (measure every time) for a
+    user without a home folder."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no HOME and no entry in the user database
+            return None
     return Path(base) / "triplet-embed" / "backend-selection.json"
 
 

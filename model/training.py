@@ -434,7 +434,7 @@ def start_record(start: ModelCard) -> dict[str, Any]:
     whole chain of its ancestors' records."""
     start_metrics = dict(start.metrics)
     if "init" in start_metrics:
-        start_metrics["init"] = {"version": start_metrics["init"]["version"]}
+        start_metrics["init"] = {"version": start_metrics["init"].get("version")}
     return {
         "version": start.version,
         "recipe": start.recipe,

@@ -120,8 +120,9 @@ def test_the_commands_measure_the_backends_once_per_machine(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     image = str(sorted((CIFAR / "cat").iterdir())[0])
     assert main(["embed", "--model", str(DEFAULT_MODEL), image]) == 0
-    assert selection_cache() == tmp_path / "cache" / "triplet-embed" / "backend-selection.json"
-    (entry,) = json.loads(selection_cache().read_text()).values()
+    cache = selection_cache()
+    assert cache == tmp_path / "cache" / "triplet-embed" / "backend-selection.json"
+    (entry,) = json.loads(cache.read_text()).values()
     assert entry["how"] == "measured" and entry["backend"] in model.backends.BACKENDS
     monkeypatch.setattr(model.backends, "_measured", {})
     with caplog.at_level(logging.INFO, logger="model.backends"):
@@ -139,3 +140,13 @@ def test_a_cache_that_cannot_be_written_costs_only_the_next_measurement(
     model.backends._remember(cache, "key", model.backends.Selection("torch-fp32", "measured"))
     assert "could not remember the backend measurement" in caplog.text
     assert model.backends._remembered(None, "key") is not None  # this process still knows
+
+
+def test_a_user_without_a_home_folder_measures_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setattr(Path, "home", no_home)
+    assert selection_cache() is None
+    assert build_parser().parse_args(["serve"]).command == "serve"  # the parser still builds
