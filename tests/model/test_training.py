@@ -124,6 +124,7 @@ def test_retraining_keeps_one_generation_of_its_start(cifar: Path, tmp_path: Pat
     """A model records the model it started from (the card plots that stage's curve), but
     names the start's own start by version only: the record of a model retrained again and
     again stays the same size instead of carrying every ancestor."""
+    default = read_card(DEFAULT_MODEL)
     recipe = TrainRecipe(
         data=[str(cifar)],
         classes=["bird", "cat"],
@@ -131,10 +132,9 @@ def test_retraining_keeps_one_generation_of_its_start(cifar: Path, tmp_path: Pat
         epochs=1,
         batch_size=16,
         init_from=str(DEFAULT_MODEL),
-        stem="imagenet",
-        input_size=64,
+        stem=default.config.stem,
+        input_size=default.config.input_size,
     )
-    default = read_card(DEFAULT_MODEL)
     child = train(recipe, tmp_path / "child")
     grandchild = train(
         recipe.model_copy(update={"init_from": str(tmp_path / "child")}), tmp_path / "grandchild"
