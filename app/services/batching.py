@@ -6,6 +6,12 @@ them, and hands each request its own rows. While a pass runs, new requests queue
 the next one, so under load batches form without any added waiting. When a merged pass fails,
 each request in it is run alone, so that only the one at fault gets the error.
 
+A request carries a function that prepares its images, called on the inference thread just
+before its pass: either a tensor already decoded, or (for thumbnails, see
+:meth:`app.services.runtime.Runtime.embed_thumbnails`) the decoding itself. A function that
+returns None answers None: that request cannot be prepared there, and its caller decodes it
+elsewhere.
+
 The wait only happens while traffic is concurrent (the previous pass merged requests): a
 lone client's request goes straight through, which took its ``/embed`` p50 from 7.7 ms to
 about 4 ms, while 16 clients keep the larger batches the wait gathers.
@@ -30,8 +36,9 @@ from model.embedding import Embedder
 @dataclass
 class _Request:
     embedder: Embedder
-    images: torch.Tensor
-    future: Future[np.ndarray] = field(default_factory=Future)
+    prepare: Callable[[], torch.Tensor | None]
+    count: int  # images, before they are prepared
+    future: Future[np.ndarray | None] = field(default_factory=Future)
 
 
 class InferenceBatcher:
@@ -53,12 +60,22 @@ class InferenceBatcher:
 
     def embed(self, embedder: Embedder, images: torch.Tensor) -> np.ndarray:
         """Blocks until the request's rows are computed (call from a worker thread)."""
-        request = _Request(embedder, images)
+        vectors = self.submit(embedder, lambda: images, len(images)).result()
+        assert vectors is not None  # images already prepared are never refused
+        return vectors
+
+    def submit(
+        self, embedder: Embedder, prepare: Callable[[], torch.Tensor | None], count: int
+    ) -> Future[np.ndarray | None]:
+        """Queues ``count`` images, made by ``prepare`` on the inference thread; the future
+        holds their rows, or None where ``prepare`` returned None. Cancelling the future
+        before its pass starts drops the request."""
+        request = _Request(embedder, prepare, count)
         with self._closing:
             if self._closed:
                 raise NotReady("the service is shutting down")
             self._queue.put(request)
-        return request.future.result()
+        return request.future
 
     def close(self) -> None:
         """Finishes the requests already queued, then stops; later calls fail at once."""
@@ -68,7 +85,7 @@ class InferenceBatcher:
         self._thread.join(timeout=30)
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        pending, count = [first], len(first.images)
+        pending, count = [first], first.count
         deadline = time.monotonic() + (self.max_wait_s if self._concurrent else 0.0)
         while count < self.max_batch:
             try:
@@ -81,7 +98,7 @@ class InferenceBatcher:
             if request is None:
                 return pending, True
             pending.append(request)
-            count += len(request.images)
+            count += request.count
         return pending, False
 
     def _loop(self) -> None:
@@ -95,24 +112,45 @@ class InferenceBatcher:
             for request in pending:
                 by_model.setdefault(id(request.embedder), []).append(request)
             for group in by_model.values():
-                self._run(group)
+                self._run(self._prepare(group))
             if closing:
                 return
 
-    def _run(self, group: list[_Request]) -> None:
+    @staticmethod
+    def _prepare(group: list[_Request]) -> list[tuple[_Request, torch.Tensor]]:
+        """Each request's images; requests cancelled meanwhile, refused or failing to prepare
+        are answered here and left out."""
+        prepared = []
+        for request in group:
+            if not request.future.set_running_or_notify_cancel():
+                continue
+            try:
+                images = request.prepare()
+            except Exception as exc:
+                request.future.set_exception(exc)
+                continue
+            if images is None:
+                request.future.set_result(None)
+            else:
+                prepared.append((request, images))
+        return prepared
+
+    def _run(self, group: list[tuple[_Request, torch.Tensor]]) -> None:
+        if not group:
+            return
         try:
-            images = torch.cat([r.images for r in group])
+            images = torch.cat([pixels for _, pixels in group])
             if self.on_batch is not None:
                 self.on_batch(len(images))
-            vectors = group[0].embedder.embed_tensors(images)
+            vectors = group[0][0].embedder.embed_tensors(images)
         except Exception as exc:
             if len(group) == 1:
-                group[0].future.set_exception(exc)
+                group[0][0].future.set_exception(exc)
             else:  # one bad request must not fail the others merged with it: run each alone
-                for request in group:
-                    self._run([request])
+                for member in group:
+                    self._run([member])
             return
         start = 0
-        for request in group:
-            request.future.set_result(vectors[start : start + len(request.images)])
-            start += len(request.images)
+        for request, images in group:
+            request.future.set_result(vectors[start : start + len(images)])
+            start += len(images)

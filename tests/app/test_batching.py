@@ -2,6 +2,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from app.errors import NotReady
@@ -109,3 +110,73 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     assert done.wait(timeout=20), "a lone request waited for others"
     batcher.close()
     assert sizes == [1, 1, 1]
+
+
+def test_requests_prepared_on_the_inference_thread_merge_refuse_or_fail_alone() -> None:
+    """``submit``'s functions run on the inference thread just before the pass: one that
+    returns None answers None, one that raises fails its own request, and the rest share one
+    pass with their own rows."""
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    release = threading.Event()
+    sizes: list[int] = []
+    threads: set[str] = set()
+
+    def on_batch(size: int) -> None:
+        sizes.append(size)
+        release.wait(30)  # the first pass holds the thread while the others queue up
+
+    batcher = InferenceBatcher(max_batch=64, max_wait_s=0.05, on_batch=on_batch)
+    first = batcher.submit(embedder, lambda: torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 1)
+    while not sizes:
+        time.sleep(0.01)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+
+    def prepared() -> torch.Tensor:
+        threads.add(threading.current_thread().name)
+        return images
+
+    def broken() -> torch.Tensor:
+        raise ValueError("cannot decode")
+
+    good = batcher.submit(embedder, prepared, 2)
+    refused = batcher.submit(embedder, lambda: None, 1)
+    failed = batcher.submit(embedder, broken, 1)
+    release.set()
+    np.testing.assert_allclose(good.result(30), embedder.embed_tensors(images), atol=1e-5)  # type: ignore[arg-type]
+    assert refused.result(30) is None
+    with pytest.raises(ValueError, match="cannot decode"):
+        failed.result(30)
+    assert first.result(30) is not None
+    batcher.close()
+    assert sizes == [1, 2] and threads == {"inference"}
+
+
+def test_a_request_cancelled_before_its_pass_is_dropped() -> None:
+    """A client that gives up (its request timed out, say) cancels its future; the inference
+    thread skips it instead of failing on the cancelled future, and goes on serving."""
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def on_batch(size: int) -> None:
+        sizes.append(size)
+        release.wait(30)
+
+    batcher = InferenceBatcher(on_batch=on_batch)
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    first = batcher.submit(embedder, lambda: images, 1)
+    while not sizes:
+        time.sleep(0.01)
+    calls: list[int] = []
+
+    def prepare() -> torch.Tensor:
+        calls.append(1)
+        return images
+
+    cancelled = batcher.submit(embedder, prepare, 1)
+    assert cancelled.cancel()
+    release.set()
+    assert first.result(30) is not None
+    assert batcher.embed(embedder, images).shape == (1, 16)
+    batcher.close()
+    assert calls == [] and sizes == [1, 1]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.api.vectors import prefers_npy
-from app.services.runtime import DecodedUpload
+from app.services.runtime import THUMBNAIL_MAX_BYTES, DecodedUpload
 from tests.app.conftest import cifar_upload
+from tests.conftest import PHOTOS
 
 
 def test_embed_returns_unit_vectors(client: TestClient) -> None:
@@ -73,3 +76,35 @@ def test_an_upload_prepared_for_another_input_size_is_decoded_again(client: Test
     embedder = runtime.snapshot.embedder
     expected = runtime.embed_uploads(embedder, [upload])
     np.testing.assert_array_equal(runtime.embed_uploads(embedder, [stale]), expected)
+
+
+def test_thumbnails_are_decoded_on_the_inference_thread_with_the_same_vectors(
+    client: TestClient,
+) -> None:
+    """Up to four small plain JPEGs are decoded where they are embedded; any other request
+    gets None there (and ``/embed`` decodes it on a worker thread). The vectors are those of
+    the usual path."""
+    runtime = client.app.state.services.runtime  # type: ignore[attr-defined]
+    embedder = runtime.snapshot.embedder
+    files = [(name, data) for _, (name, data, _) in cifar_upload("bird", 0, 5)]
+    inline = asyncio.run(runtime.embed_thumbnails(embedder, files[:4]))
+    usual = runtime.embed_uploads(embedder, runtime.decode(files[:4]))
+    np.testing.assert_allclose(inline, usual, atol=1e-4)
+    png = io.BytesIO()
+    Image.open(io.BytesIO(files[0][1])).save(png, "PNG")
+    path = sorted((PHOTOS / "cat").iterdir())[0]
+    photo = (path.name, path.read_bytes())
+    assert len(photo[1]) > THUMBNAIL_MAX_BYTES or Image.open(path).width > 64
+    truncated = (files[0][0], files[0][1][:-20])
+    for refused in (files, [("x.png", png.getvalue())], [photo], [truncated], []):
+        assert asyncio.run(runtime.embed_thumbnails(embedder, refused)) is None
+    # over HTTP, both paths answer alike: a thumbnail alone, and the same pixels as PNG
+    thumbnail = client.post("/embed", files=[("files", ("a.jpg", files[0][1], "image/jpeg"))])
+    as_png = client.post("/embed", files=[("files", ("a.png", png.getvalue(), "image/png"))])
+    np.testing.assert_allclose(
+        thumbnail.json()["embeddings"][0]["vector"],
+        as_png.json()["embeddings"][0]["vector"],
+        atol=1e-4,
+    )
+    bad = client.post("/embed", files=[("files", ("t.jpg", truncated[1], "image/jpeg"))])
+    assert bad.status_code == 400

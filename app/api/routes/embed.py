@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -67,16 +68,20 @@ async def embed(
         raise UnsupportedMedia("send multipart/form-data 'files', or JSON images")
     snapshot = services.runtime.snapshot
 
-    def work() -> list[list[float]] | Response:
-        uploads = services.runtime.decode(raw)
-        vectors = services.runtime.embed_uploads(snapshot.embedder, uploads)
+    def answer(vectors: np.ndarray) -> list[list[float]] | Response:
         if prefers_npy(accept):
             dim = str(snapshot.embedder.dim)
             headers = {"X-Model-Version": snapshot.version, "X-Embedding-Dim": dim}
             return npy_response(vectors, headers)
         return vectors.tolist()
 
-    result = await run_in_threadpool(work)
+    def work() -> list[list[float]] | Response:
+        uploads = services.runtime.decode(raw)
+        return answer(services.runtime.embed_uploads(snapshot.embedder, uploads))
+
+    thumbnails = await services.runtime.embed_thumbnails(snapshot.embedder, raw)
+    # formatting at most max_files vectors is cheap enough for the event loop
+    result = await run_in_threadpool(work) if thumbnails is None else answer(thumbnails)
     if isinstance(result, Response):
         return result
     return EmbedResponse(
