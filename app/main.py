@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,12 +42,22 @@ PUBLIC_PATHS = frozenset(
 )
 
 
+GC_THRESHOLDS = (50_000, 20, 10)
+"""The serving process's garbage collector: a young collection every 50,000 allocations
+instead of 700, and a middle one every 20 of those. Each request allocates thousands of
+short-lived objects that reference counting frees anyway, while every collection also walks
+the survivors; side by side on the family-25 CPU, 16 single-image clients got 663 → 724
+images/s and 4 clients sending 32 images 1,460 → 1,516. Full collections keep their
+default rhythm (every 10 middle ones)."""
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gc.set_threshold(*GC_THRESHOLDS)
         services = await run_in_threadpool(Services.build, settings, metrics)
         await run_in_threadpool(services.start)
         metrics.bind(

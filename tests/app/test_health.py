@@ -1,8 +1,9 @@
+import gc
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.main import create_app
+from app.main import GC_THRESHOLDS, create_app
 from tests.app.conftest import add, make_settings
 
 
@@ -15,6 +16,16 @@ def test_readiness_is_503_before_start_up(tmp_path: Path) -> None:
     client = TestClient(create_app(make_settings(tmp_path)))  # no lifespan: not started
     assert client.get("/readyz").status_code == 503
     assert client.get("/model").status_code == 503
+
+
+def test_start_up_sets_the_serving_processs_collector_thresholds(tmp_path: Path) -> None:
+    default = (700, 10, 10)
+    gc.set_threshold(*default)
+    try:
+        with TestClient(create_app(make_settings(tmp_path))):
+            assert gc.get_threshold() == GC_THRESHOLDS != default
+    finally:
+        gc.set_threshold(*default)
 
 
 def test_metrics_report_requests_index_and_model(client: TestClient) -> None:
