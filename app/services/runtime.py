@@ -4,8 +4,8 @@ A request takes ``runtime.snapshot`` once and uses that snapshot's embedder and 
 its whole life, so a search never mixes vectors of two models even while a new model is
 being activated. Inference runs on one dedicated thread (the backend parallelises inside
 it); each request decodes its own uploads on the worker thread that serves it, except
-thumbnails, which ``/embed`` has decoded on the inference thread (:meth:`Runtime.
-embed_thumbnails`). Concurrent requests share forward passes (see
+thumbnails, which ``/embed`` has decoded on the inference thread
+(:meth:`Runtime.embed_thumbnails`). Concurrent requests share forward passes (see
 :mod:`app.services.batching`). Neither ever runs on the event loop.
 
 Decoding is not spread over a thread pool: most of a small image's decoding is Python
@@ -137,11 +137,12 @@ class Runtime:
 
         This spares a thumbnail request the worker thread and its two hand-offs, and lets
         concurrent single images gather into larger passes. With 16 clients sending one
-        CIFAR-10 image each (family-25 CPU), ``/embed`` served 438 → 608 images/s and its
-        passes averaged 16 images instead of 8. Larger uploads, and requests of more than
-        :data:`THUMBNAIL_MAX_IMAGES`, keep decoding on their worker thread, where their
-        decoding overlaps other requests' passes instead of delaying them (4 clients sending
-        32 thumbnails: 1,336 images/s that way against 1,264 on the inference thread)."""
+        CIFAR-10 image each (family-25 CPU, old and new code side by side), ``/embed`` served
+        458 → 686 images/s and its passes averaged 16 images instead of 8. Larger uploads,
+        and requests of more than :data:`THUMBNAIL_MAX_IMAGES`, keep decoding on their worker
+        thread, where their decoding overlaps other requests' passes instead of delaying them
+        (4 clients sending 32 thumbnails: 1,336 images/s that way against 1,264 on the
+        inference thread)."""
         if not 0 < len(files) <= THUMBNAIL_MAX_IMAGES or any(
             len(data) > THUMBNAIL_MAX_BYTES for _, data in files
         ):
