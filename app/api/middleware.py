@@ -115,8 +115,9 @@ class UploadGuard:
             if not holding:  # the body is complete: only a disconnect can still come
                 return await receive()
             wait = min(self.idle_timeout, deadline - time.monotonic())
-            try:
-                message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+            try:  # a timeout scope, not wait_for, which runs receive() in a task of its own
+                async with asyncio.timeout(max(wait, 0.0)):
+                    message = await receive()
             except TimeoutError:
                 release()
                 raise HTTPException(

@@ -93,8 +93,8 @@ def test_embed_after_close_fails_at_once() -> None:
 
 
 def test_a_lone_request_does_not_wait_for_company() -> None:
-    """The gathering wait applies only while traffic is concurrent: with a 30 s wait, a lone
-    request still comes straight back."""
+    """A lone client does not wait (the previous pass held one request, its own): with a 30 s
+    wait, its requests still come straight back."""
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
     sizes: list[int] = []
     batcher = InferenceBatcher(max_batch=64, max_wait_s=30.0, on_batch=sizes.append)
@@ -110,6 +110,56 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     assert done.wait(timeout=20), "a lone request waited for others"
     batcher.close()
     assert sizes == [1, 1, 1]
+
+
+ONE_IMAGE = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+
+def batcher_after_a_pass_of_three(max_wait_s: float) -> tuple[InferenceBatcher, list[int]]:
+    """A batcher whose last pass merged three requests, and its pass sizes so far."""
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def on_batch(size: int) -> None:
+        sizes.append(size)
+        release.wait(30)  # the first pass holds the thread while three others queue up
+
+    batcher = InferenceBatcher(max_batch=64, max_wait_s=max_wait_s, on_batch=on_batch)
+    futures = [batcher.submit(embedder, lambda: ONE_IMAGE, 1)]
+    while not sizes:
+        time.sleep(0.01)
+    futures += [batcher.submit(embedder, lambda: ONE_IMAGE, 1) for _ in range(3)]
+    release.set()
+    for future in futures:
+        future.result(30)
+    assert sizes == [1, 3]
+    return batcher, sizes
+
+
+def test_the_wait_ends_once_as_many_requests_as_last_time_have_come() -> None:
+    """After a pass of three requests, the next pass waits for three, and no longer: three
+    requests arriving 0.2 s apart share one pass although ``max_wait_s`` is 30 s."""
+    batcher, sizes = batcher_after_a_pass_of_three(max_wait_s=30.0)
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    futures = []
+    for _ in range(3):
+        futures.append(batcher.submit(embedder, lambda: ONE_IMAGE, 1))
+        time.sleep(0.2)
+    for future in futures:
+        future.result(20)  # a wait run to max_wait_s would time out here
+    batcher.close()
+    assert sizes == [1, 3, 3]
+
+
+def test_fewer_requests_than_last_time_wait_out_max_wait() -> None:
+    batcher, sizes = batcher_after_a_pass_of_three(max_wait_s=0.3)
+    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    start = time.monotonic()
+    batcher.submit(embedder, lambda: ONE_IMAGE, 1).result(20)
+    waited = time.monotonic() - start
+    batcher.close()
+    assert waited >= 0.3 and sizes == [1, 3, 1]
 
 
 def test_requests_prepared_on_the_inference_thread_merge_refuse_or_fail_alone() -> None:
