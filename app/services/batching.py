@@ -18,9 +18,9 @@ straight through (its ``/embed`` p50 went from 7.7 ms to about 4 ms when the wai
 applying to it), and 16 clients sending one thumbnail each gather into one pass without
 sitting out the rest of the wait every time. Against a wait that always ran to ``max_wait_s``
 while traffic was concurrent, side by side on the family-25 CPU, 16 single-image clients got
-867 → 980, 534 → 531 and 570 → 582 images/s in three runs: a gain where the event loop is
-quick, none where it is the bottleneck. Requests decoded on worker threads arrive spread out
-and still wait (16 clients sending one photograph each: 330 → 335 images/s).
+847 → 946, 867 → 980, 534 → 531 and 570 → 582 images/s in four runs: a gain where the event
+loop is quick, little where it is the bottleneck. Requests decoded on worker threads arrive
+spread out and still wait (16 clients sending one photograph each: 330 → 335 images/s).
 """
 
 from __future__ import annotations
