@@ -1,5 +1,7 @@
 import threading
 import time
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,6 +12,28 @@ from app.services.batching import InferenceBatcher
 from model.config import ModelConfig
 from model.embedding import Embedder
 from model.network import EmbeddingNet
+
+ONE_IMAGE = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+
+def hold_first_pass(
+    embedder: Embedder, **options: Any
+) -> tuple[InferenceBatcher, list[int], threading.Event, Future[np.ndarray | None]]:
+    """A batcher whose first pass (one image) holds the inference thread until ``release`` is
+    set, so that the requests sent meanwhile queue up behind it; ``sizes`` records the images
+    of every pass. Returns the batcher, ``sizes``, ``release`` and the first request."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def on_batch(size: int) -> None:
+        sizes.append(size)
+        release.wait(30)
+
+    batcher = InferenceBatcher(on_batch=on_batch, **options)
+    first = batcher.submit(embedder, lambda: ONE_IMAGE, 1)
+    while not sizes:
+        time.sleep(0.01)
+    return batcher, sizes, release, first
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> None:
@@ -36,15 +60,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> No
 
 def test_a_bad_request_fails_alone_when_merged_with_good_ones() -> None:
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
-    release = threading.Event()
-    sizes: list[int] = []
-
-    def on_batch(size: int) -> None:
-        sizes.append(size)
-        release.wait(30)  # the first pass holds the thread while the others queue up
-
-    batcher = InferenceBatcher(on_batch=on_batch)
-    first = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    batcher, sizes, release, _ = hold_first_pass(embedder)
     wrong = torch.zeros(2, 2, 32, 32, dtype=torch.uint8)  # two channels: always fails
     right = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
     outcomes: dict[str, object] = {}
@@ -55,13 +71,12 @@ def test_a_bad_request_fails_alone_when_merged_with_good_ones() -> None:
         except RuntimeError as exc:
             outcomes[name] = exc
 
-    threads = [threading.Thread(target=call, args=("first", first))]
-    threads[0].start()
-    while not sizes:
-        time.sleep(0.01)
-    for name, images in (("wrong1", wrong), ("right", right), ("wrong2", wrong)):
-        threads.append(threading.Thread(target=call, args=(name, images)))
-        threads[-1].start()
+    threads = [
+        threading.Thread(target=call, args=(name, images))
+        for name, images in (("wrong1", wrong), ("right", right), ("wrong2", wrong))
+    ]
+    for thread in threads:
+        thread.start()
     time.sleep(0.3)
     release.set()
     for thread in threads:
@@ -112,24 +127,11 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     assert sizes == [1, 1, 1]
 
 
-ONE_IMAGE = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-
-
 def batcher_after_a_pass_of_three(max_wait_s: float) -> tuple[InferenceBatcher, list[int]]:
     """A batcher whose last pass merged three requests, and its pass sizes so far."""
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
-    release = threading.Event()
-    sizes: list[int] = []
-
-    def on_batch(size: int) -> None:
-        sizes.append(size)
-        release.wait(30)  # the first pass holds the thread while three others queue up
-
-    batcher = InferenceBatcher(max_batch=64, max_wait_s=max_wait_s, on_batch=on_batch)
-    futures = [batcher.submit(embedder, lambda: ONE_IMAGE, 1)]
-    while not sizes:
-        time.sleep(0.01)
-    futures += [batcher.submit(embedder, lambda: ONE_IMAGE, 1) for _ in range(3)]
+    batcher, sizes, release, first = hold_first_pass(embedder, max_wait_s=max_wait_s)
+    futures = [first] + [batcher.submit(embedder, lambda: ONE_IMAGE, 1) for _ in range(3)]
     release.set()
     for future in futures:
         future.result(30)
@@ -167,18 +169,8 @@ def test_requests_prepared_on_the_inference_thread_merge_refuse_or_fail_alone() 
     returns None answers None, one that raises fails its own request, and the rest share one
     pass with their own rows."""
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
-    release = threading.Event()
-    sizes: list[int] = []
+    batcher, sizes, release, first = hold_first_pass(embedder, max_wait_s=0.05)
     threads: set[str] = set()
-
-    def on_batch(size: int) -> None:
-        sizes.append(size)
-        release.wait(30)  # the first pass holds the thread while the others queue up
-
-    batcher = InferenceBatcher(max_batch=64, max_wait_s=0.05, on_batch=on_batch)
-    first = batcher.submit(embedder, lambda: torch.zeros(1, 3, 32, 32, dtype=torch.uint8), 1)
-    while not sizes:
-        time.sleep(0.01)
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
 
     def prepared() -> torch.Tensor:
@@ -205,18 +197,8 @@ def test_a_request_cancelled_before_its_pass_is_dropped() -> None:
     """A client that gives up (its request timed out, say) cancels its future; the inference
     thread skips it instead of failing on the cancelled future, and goes on serving."""
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
-    release = threading.Event()
-    sizes: list[int] = []
-
-    def on_batch(size: int) -> None:
-        sizes.append(size)
-        release.wait(30)
-
-    batcher = InferenceBatcher(on_batch=on_batch)
-    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-    first = batcher.submit(embedder, lambda: images, 1)
-    while not sizes:
-        time.sleep(0.01)
+    batcher, sizes, release, first = hold_first_pass(embedder)
+    images = ONE_IMAGE
     calls: list[int] = []
 
     def prepare() -> torch.Tensor:
