@@ -203,14 +203,25 @@ class TrainingJobs:
             raise
         return self.get(job_id)
 
-    def _release(self) -> None:
-        """Ends this process's job: its slot and its claim."""
+    def _release(self, job_id: str | None = None, outcome: dict[str, Any] | None = None) -> None:
+        """Ends this process's job: records ``outcome``, its final fields, then frees its slot
+        and its claim.
+
+        All three happen under the lock, in this order. A client that sees the job finished
+        can start the next one at once: this process's ``start`` waits for the lock. And no
+        worker ever finds the job unfinished with its claim free, which would make it fail
+        the job as orphaned (a status poll did that to a job that had succeeded, in the gap
+        when the slot was freed first)."""
         with self._lock:
-            self._job_id = None
-            self._process = None
-            claim, self._claim = self._claim, None
-        if claim is not None:
-            claim.release()
+            try:
+                if job_id is not None and outcome is not None:
+                    self.db.update_job(job_id, **outcome)
+            finally:
+                self._job_id = None
+                self._process = None
+                claim, self._claim = self._claim, None
+                if claim is not None:
+                    claim.release()
 
     def _launch(self, spec_path: Path, job_dir: Path) -> subprocess.Popen[str]:
         """The worker process; with ``procs`` > 1, ``torchrun`` running that many workers
@@ -363,6 +374,7 @@ class TrainingJobs:
             elif kind == "int8":
                 int8 = {k: v for k, v in event.items() if k != "event"}
         code = process.wait()
+        outcome: dict[str, Any] = {"status": "failed", "error": "its monitor stopped"}
         try:
             outcome = self._finish(
                 job_id, code, job_dir, options, {**metrics, "int8": int8}, baseline
@@ -372,9 +384,7 @@ class TrainingJobs:
             outcome = {"status": "failed", "error": str(exc)}
         finally:
             shutil.rmtree(job_dir / "dataset", ignore_errors=True)
-            self._release()
-        # only now does the job read as finished: a client that sees it can start the next
-        self.db.update_job(job_id, **outcome)
+            self._release(job_id, outcome)
 
     def _finish(
         self,

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.archives import ClassFolderArchive
+from app.services.training import TRAINING
 from tests.app.conftest import add, make_settings, zipped
 from tests.conftest import CIFAR, DEFAULT_MODEL
 
@@ -36,10 +37,22 @@ def class_folders(root: Path, per_class: int = 12) -> Path:
     return root
 
 
-def test_train_on_items_then_activate(client: TestClient) -> None:
+def test_train_on_items_then_activate(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     add(client, "cat", 0, 16)
     add(client, "bird", 0, 16)
     before = client.get("/model").json()["version"]
+    # The job's final status must be written while its claim is still held: with the claim
+    # free first, a status poll in the gap failed a job that had succeeded, as orphaned.
+    jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
+    claimed_when_finished: list[bool] = []
+    update_job = jobs.db.update_job
+
+    def recording_update_job(job_id: str, **fields: object) -> None:
+        if fields.get("status") in ("succeeded", "failed", "cancelled"):
+            claimed_when_finished.append(jobs.db.claimed(TRAINING))
+        update_job(job_id, **fields)
+
+    monkeypatch.setattr(jobs.db, "update_job", recording_update_job)
     response = client.post(
         "/train",
         json={"dataset": {"source": "items"}, "epochs": 1, "batch_size": 16, "activate": "always"},
@@ -49,6 +62,7 @@ def test_train_on_items_then_activate(client: TestClient) -> None:
     assert client.post("/train", json={"epochs": 1}).status_code == 409
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded", job["error"]
+    assert claimed_when_finished == [True]
     assert job["history"][0]["epoch"] == 1 and "val_precision_at_1" in job["history"][0]
     metrics = job["metrics"]  # precision@1 is a share of the held-out queries
     hits = metrics["val_precision_at_1"] * metrics["val_queries"]
@@ -57,7 +71,7 @@ def test_train_on_items_then_activate(client: TestClient) -> None:
     int8 = job["metrics"]["int8"]  # the new model was calibrated and measured for int8
     assert int8["calibration_images"] > 0 and set(int8["deltas"]) >= {"precision_at_1", "purity"}
     assert job["activated"] is True
-    jobs_dir = client.app.state.services.jobs.jobs_dir  # type: ignore[attr-defined]
+    jobs_dir = jobs.jobs_dir
     assert not (jobs_dir / job_id / "model").exists()  # stored once, as a model version
     active = client.get("/model").json()
     assert active["version"] == job["model_version"] != before
