@@ -197,15 +197,14 @@ class TrainingJobs:
                 self._monitor.start()
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
-            if self.db.jobs(job_id):
-                self.db.update_job(job_id, status="failed", error="the job could not start")
-            self._release()
+            failed = {"status": "failed", "error": "the job could not start"}
+            self._release(job_id, failed if self.db.jobs(job_id) else None)
             raise
         return self.get(job_id)
 
-    def _release(self, job_id: str | None = None, outcome: dict[str, Any] | None = None) -> None:
-        """Ends this process's job: records ``outcome``, its final fields, then frees its slot
-        and its claim.
+    def _release(self, job_id: str, outcome: dict[str, Any] | None) -> None:
+        """Ends this process's job: records ``outcome``, its final fields (None: the job was
+        never recorded), then frees its slot and its claim.
 
         All three happen under the lock, in this order. A client that sees the job finished
         can start the next one at once: this process's ``start`` waits for the lock. And no
@@ -214,7 +213,7 @@ class TrainingJobs:
         when the slot was freed first)."""
         with self._lock:
             try:
-                if job_id is not None and outcome is not None:
+                if outcome is not None:
                     self.db.update_job(job_id, **outcome)
             finally:
                 self._job_id = None

@@ -127,9 +127,10 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
     assert sizes == [1, 1, 1]
 
 
-def batcher_after_a_pass_of_three(max_wait_s: float) -> tuple[InferenceBatcher, list[int]]:
+def batcher_after_a_pass_of_three(
+    embedder: Embedder, max_wait_s: float
+) -> tuple[InferenceBatcher, list[int]]:
     """A batcher whose last pass merged three requests, and its pass sizes so far."""
-    embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
     batcher, sizes, release, first = hold_first_pass(embedder, max_wait_s=max_wait_s)
     futures = [first] + [batcher.submit(embedder, lambda: ONE_IMAGE, 1) for _ in range(3)]
     release.set()
@@ -142,8 +143,8 @@ def batcher_after_a_pass_of_three(max_wait_s: float) -> tuple[InferenceBatcher, 
 def test_the_wait_ends_once_as_many_requests_as_last_time_have_come() -> None:
     """After a pass of three requests, the next pass waits for three, and no longer: three
     requests arriving 0.2 s apart share one pass although ``max_wait_s`` is 30 s."""
-    batcher, sizes = batcher_after_a_pass_of_three(max_wait_s=30.0)
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    batcher, sizes = batcher_after_a_pass_of_three(embedder, max_wait_s=30.0)
     futures = []
     for _ in range(3):
         futures.append(batcher.submit(embedder, lambda: ONE_IMAGE, 1))
@@ -155,8 +156,8 @@ def test_the_wait_ends_once_as_many_requests_as_last_time_have_come() -> None:
 
 
 def test_fewer_requests_than_last_time_wait_out_max_wait() -> None:
-    batcher, sizes = batcher_after_a_pass_of_three(max_wait_s=0.3)
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
+    batcher, sizes = batcher_after_a_pass_of_three(embedder, max_wait_s=0.3)
     start = time.monotonic()
     batcher.submit(embedder, lambda: ONE_IMAGE, 1).result(20)
     waited = time.monotonic() - start
@@ -198,17 +199,16 @@ def test_a_request_cancelled_before_its_pass_is_dropped() -> None:
     thread skips it instead of failing on the cancelled future, and goes on serving."""
     embedder = Embedder(EmbeddingNet(ModelConfig(embedding_dim=16)))
     batcher, sizes, release, first = hold_first_pass(embedder)
-    images = ONE_IMAGE
     calls: list[int] = []
 
     def prepare() -> torch.Tensor:
         calls.append(1)
-        return images
+        return ONE_IMAGE
 
     cancelled = batcher.submit(embedder, prepare, 1)
     assert cancelled.cancel()
     release.set()
     assert first.result(30) is not None
-    assert batcher.embed(embedder, images).shape == (1, 16)
+    assert batcher.embed(embedder, ONE_IMAGE).shape == (1, 16)
     batcher.close()
     assert calls == [] and sizes == [1, 1]
