@@ -146,7 +146,7 @@ def candidates(
     if shipped is not None and size == card.config.input_size:
         int8 = shipped
     else:
-        calibrated = quantize(_copy(net, size), calibration_images)
+        calibrated, _ = quantize(_copy(net, size), calibration_images)
         int8 = Int8Model(card.content_hash, len(calibration_images), network=calibrated)
     runs: dict[str, Run] = {
         "eager fp32": backend("torch-fp32"),

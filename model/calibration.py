@@ -38,10 +38,14 @@ def calibrate_model_dir(
     images: int = CALIBRATION_IMAGES,
     seed: int | None = None,
     val_fraction: float | None = None,
+    float_stem: bool | None = None,
 ) -> Int8Model:
     """Calibrates on ``images`` random training-split images and measures int8 against fp32
-    on the validation split. Does not write anything; ``Int8Model.save`` does. Needs NNCF
-    (the ``quantize`` extra): ImportError otherwise."""
+    on the validation split. The first convolution goes to int8 unless that loses more than
+    :data:`~model.quantization.QUALITY_TOLERANCE` of fp32's quality, in which case it is
+    calibrated again with that layer in float32 (``float_stem`` True or False forces one
+    way). Does not write anything; ``Int8Model.save`` does. Needs NNCF (the ``quantize``
+    extra): ImportError otherwise."""
     net, card = load_model(model_dir)
     recipe = card.recipe or {}
     seed = int(recipe.get("seed", 0)) if seed is None else seed
@@ -61,18 +65,10 @@ def calibrate_model_dir(
     probe = [
         str(val_samples[i].path) for i in sorted(rng.permutation(len(val_samples))[:PROBE_IMAGES])
     ]
-    network = quantize(net, calibration_images)
     probe_batch = probe_images(probe, card.config)
     if probe_batch is None:
         raise ValueError("the held-out probe images could not be read")
-    unmeasured = Int8Model(card.content_hash, len(calibration_images), network=network)
-    probe_cosine = agrees_with_fp32(
-        net, build_forward(net, "openvino-int8", unmeasured), probe_batch
-    )
-    draft = dataclasses.replace(unmeasured, probe=probe, probe_min_cosine=round(probe_cosine, 5))
-
     fp32 = evaluate(Embedder(net, card), queries, gallery, seed=seed)
-    int8 = evaluate(Embedder(net, card, "openvino-int8", draft), queries, gallery, seed=seed)
     quality: dict[str, Any] = {
         "roots": [str(r) for r in roots],
         "classes": names,
@@ -81,7 +77,22 @@ def calibrate_model_dir(
         "queries": len(queries),
         "gallery": len(gallery),
         "fp32": fp32,
-        "int8": int8,
-        "deltas": {name: int8[name] - fp32[name] for name in (*GUARDED_METRICS, "map_at_r")},
     }
-    return dataclasses.replace(draft, quality=quality)
+
+    def measured(float_stem: bool) -> Int8Model:
+        network, kept = quantize(net, calibration_images, float_stem=float_stem)
+        unmeasured = Int8Model(card.content_hash, len(calibration_images), network=network)
+        probe_cosine = agrees_with_fp32(
+            net, build_forward(net, "openvino-int8", unmeasured), probe_batch
+        )
+        draft = dataclasses.replace(
+            unmeasured, probe=probe, probe_min_cosine=round(probe_cosine, 5), kept_in_float=kept
+        )
+        int8 = evaluate(Embedder(net, card, "openvino-int8", draft), queries, gallery, seed=seed)
+        deltas = {name: int8[name] - fp32[name] for name in (*GUARDED_METRICS, "map_at_r")}
+        return dataclasses.replace(draft, quality={**quality, "int8": int8, "deltas": deltas})
+
+    if float_stem is not None:
+        return measured(float_stem)
+    int8_stem = measured(float_stem=False)
+    return int8_stem if int8_stem.passes else measured(float_stem=True)

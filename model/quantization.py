@@ -12,9 +12,15 @@ training images, measures the int8 model against fp32 on the held-out split, and
   the agreement with fp32 measured on them at calibration.
 
 Loading reads the IR directly: neither NNCF nor the calibration images are needed at run
-time (NNCF is the ``quantize`` extra). The first convolution (which sees raw pixels) and the
-embedding layer stay in float32: on the default model, quantising them cost 0.007 of
-held-out precision@1; keeping them costs none measurable. Bias correction is off so that
+time (NNCF is the ``quantize`` extra). The embedding layer stays in float32 (0.3 % of the
+int8 model's time). The first convolution, which sees the pixels, goes to int8 when the
+held-out quality allows it (:func:`model.calibration.calibrate_model_dir` falls back to
+float32 for it otherwise): on the 64 px default model it kept precision@1 and purity where
+the float32 stem had them and made the int8 model 1.23x as fast at batch 32 (its 7x7
+convolution over 64x64 images was a fifth of the time in float32, on an AVX2 CPU). On the
+32 px model before it, quantising both layers had cost 0.007 of precision@1. NNCF halves
+the first quantised layer's weight range, so that CPUs without VNNI, whose 8-bit
+multiply-adds sum pairs in 16 bits, cannot overflow on it. Bias correction is off so that
 the weights stay those of the card.
 
 An int8 model is only used automatically when its precision@1 and k-means purity on the
@@ -68,6 +74,7 @@ class Int8Model:
     quality: dict[str, Any] = field(default_factory=dict)
     probe: list[str] = field(default_factory=list)
     probe_min_cosine: float | None = None  # int8 against fp32 on ``probe``, when calibrated
+    kept_in_float: list[str] = field(default_factory=list)  # layers left in float32, by name
     ir_hash: str = ""
     network: ov.Model | None = field(default=None, compare=False, repr=False)
 
@@ -103,6 +110,7 @@ class Int8Model:
             "quality": self.quality,
             "probe": self.probe,
             "probe_min_cosine": self.probe_min_cosine,
+            "kept_in_float": self.kept_in_float,
         }
 
     def save(self, model_dir: Path) -> Int8Model:
@@ -142,6 +150,7 @@ class Int8Model:
                 quality=dict(data.get("quality", {})),
                 probe=[str(p) for p in data.get("probe", [])],
                 probe_min_cosine=data.get("probe_min_cosine"),
+                kept_in_float=[str(name) for name in data.get("kept_in_float", [])],
                 ir_hash=str(data["ir_sha256"]),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -208,18 +217,23 @@ def to_openvino(net: EmbeddingNet) -> ov.Model:
     return model
 
 
-def _kept_in_float(model: ov.Model) -> list[str]:
-    """Names of the first convolution and the embedding layer's matrix product."""
+def layers_kept_in_float(model: ov.Model, float_stem: bool) -> list[str]:
+    """Names of the embedding layer's matrix products and, with ``float_stem``, of the first
+    convolution."""
     ops = model.get_ordered_ops()
-    first_conv = next(op for op in ops if op.get_type_name() == "Convolution")
-    products = [op for op in ops if op.get_type_name() == "MatMul"]
-    return [op.get_friendly_name() for op in (first_conv, *products)]
+    kept = [op for op in ops if op.get_type_name() == "MatMul"]
+    if float_stem:
+        kept.insert(0, next(op for op in ops if op.get_type_name() == "Convolution"))
+    return [op.get_friendly_name() for op in kept]
 
 
-def quantize(net: EmbeddingNet, images: torch.Tensor, batch_size: int = 64) -> ov.Model:
+def quantize(
+    net: EmbeddingNet, images: torch.Tensor, batch_size: int = 64, *, float_stem: bool = False
+) -> tuple[ov.Model, list[str]]:
     """The int8 OpenVINO model of ``net``, calibrated on ``uint8`` ``(N, 3, S, S)`` real
-    images at the model's input size. Needs NNCF (the ``quantize`` extra): ImportError
-    otherwise."""
+    images at the model's input size, and the names of the layers it keeps in float32 (the
+    embedding layer; the first convolution too with ``float_stem``). Needs NNCF (the
+    ``quantize`` extra): ImportError otherwise."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
@@ -229,17 +243,19 @@ def quantize(net: EmbeddingNet, images: torch.Tensor, batch_size: int = 64) -> o
         for start in range(0, len(images), batch_size)
     ]
     model = to_openvino(net)
+    kept = layers_kept_in_float(model, float_stem)
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its INFO lists every ignored node
     # NNCF draws progress bars on standard output, which carries the CLI's JSON and the
     # training worker's events
     with contextlib.redirect_stdout(sys.stderr):
-        return nncf.quantize(
+        quantized = nncf.quantize(
             model,
             nncf.Dataset([np.asarray(b) for b in batches]),
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(batches),  # dataset items: batches of images
-            ignored_scope=nncf.IgnoredScope(names=_kept_in_float(model)),
+            ignored_scope=nncf.IgnoredScope(names=kept),
             advanced_parameters=AdvancedQuantizationParameters(
                 disable_bias_correction=True, batchwise_statistics=True
             ),
         )
+    return quantized, kept

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from model import quantization
 from model.backends import INT8_PROBE_SLACK, PROBE_MIN_COSINE, required_agreement
 from model.calibration import PROBE_IMAGES, calibrate_model_dir
-from model.checkpoint import read_card
+from model.checkpoint import load_model, read_card
 from model.data import load
 from model.embedding import Embedder
 from model.quantization import (
@@ -23,6 +24,8 @@ from model.quantization import (
     QUALITY_TOLERANCE,
     Int8Model,
     QuantizationError,
+    layers_kept_in_float,
+    to_openvino,
 )
 from model.report import held_out_split
 from model.training import evaluate
@@ -143,6 +146,42 @@ def test_calibration_measures_and_round_trips(photos: Path, tmp_path: Path) -> N
     assert summary["passes"] is within
     if within:  # the saved model is served as it was measured
         assert Embedder.from_dir(model_dir, "openvino-int8").backend == "openvino-int8"
+
+
+def test_the_first_convolution_is_kept_in_float_only_when_asked() -> None:
+    """The embedding layer always stays in float32; the first convolution too with
+    ``float_stem``. The shipped model has its first convolution in int8."""
+    net, _ = load_model(DEFAULT_MODEL)
+    converted = to_openvino(net)
+    ops = converted.get_ordered_ops()
+    first_conv = next(op for op in ops if op.get_type_name() == "Convolution")
+    products = [op.get_friendly_name() for op in ops if op.get_type_name() == "MatMul"]
+    assert len(products) == 1
+    assert layers_kept_in_float(converted, float_stem=False) == products
+    assert layers_kept_in_float(converted, float_stem=True) == [
+        first_conv.get_friendly_name(),
+        *products,
+    ]
+    shipped = Int8Model.load(DEFAULT_MODEL)
+    assert shipped is not None and shipped.kept_in_float == products
+
+
+@pytest.mark.slow
+def test_calibration_keeps_the_first_convolution_in_float_when_int8_loses_quality(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a tolerance nothing can meet, the int8 first convolution fails the quality
+    check, so calibration measures again with it in float32 and returns that (which fails
+    too, and says so); a forced choice calibrates once, as asked."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    forced = calibrate_model_dir(model_dir, [photos], images=64, float_stem=False)
+    assert len(forced.kept_in_float) == 1  # the embedding layer
+    monkeypatch.setattr(quantization, "QUALITY_TOLERANCE", -1.0)
+    fallback = calibrate_model_dir(model_dir, [photos], images=64)
+    assert not fallback.passes
+    assert fallback.kept_in_float[1:] == forced.kept_in_float
+    assert len(fallback.kept_in_float) == 2  # the first convolution, then the embedding layer
 
 
 def test_unmeasured_int8_model_never_passes() -> None:
