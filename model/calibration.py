@@ -79,8 +79,8 @@ def calibrate_model_dir(
         "fp32": fp32,
     }
 
-    def measured(float_stem: bool) -> Int8Model:
-        network, kept = quantize(net, calibration_images, float_stem=float_stem)
+    def measured(stem_in_float: bool) -> Int8Model:
+        network, kept = quantize(net, calibration_images, float_stem=stem_in_float)
         unmeasured = Int8Model(card.content_hash, len(calibration_images), network=network)
         probe_cosine = agrees_with_fp32(
             net, build_forward(net, "openvino-int8", unmeasured), probe_batch
@@ -94,5 +94,5 @@ def calibrate_model_dir(
 
     if float_stem is not None:
         return measured(float_stem)
-    int8_stem = measured(float_stem=False)
-    return int8_stem if int8_stem.passes else measured(float_stem=True)
+    int8_stem = measured(stem_in_float=False)
+    return int8_stem if int8_stem.passes else measured(stem_in_float=True)

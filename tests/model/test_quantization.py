@@ -153,15 +153,14 @@ def test_the_first_convolution_is_kept_in_float_only_when_asked() -> None:
     ``float_stem``. The shipped model has its first convolution in int8."""
     net, _ = load_model(DEFAULT_MODEL)
     converted = to_openvino(net)
-    ops = converted.get_ordered_ops()
-    first_conv = next(op for op in ops if op.get_type_name() == "Convolution")
-    products = [op.get_friendly_name() for op in ops if op.get_type_name() == "MatMul"]
-    assert len(products) == 1
-    assert layers_kept_in_float(converted, float_stem=False) == products
-    assert layers_kept_in_float(converted, float_stem=True) == [
-        first_conv.get_friendly_name(),
-        *products,
-    ]
+    ops = {op.get_friendly_name(): op for op in converted.get_ordered_ops()}
+    products = layers_kept_in_float(converted, float_stem=False)
+    assert [ops[name].get_type_name() for name in products] == ["MatMul"]
+    assert ops[products[0]].get_output_partial_shape(0)[1] == net.config.embedding_dim
+    stem, *rest = layers_kept_in_float(converted, float_stem=True)
+    assert rest == products
+    assert ops[stem].get_type_name() == "Convolution"  # the 7x7 one over the three channels
+    assert list(ops[stem].get_input_partial_shape(1).to_shape()) == [64, 3, 7, 7]
     shipped = Int8Model.load(DEFAULT_MODEL)
     assert shipped is not None and shipped.kept_in_float == products
 
